@@ -1,0 +1,206 @@
+import type { Logger } from 'pino';
+import { listDeadLetters, readStatus, replayDeadLetters, type DeadLetterQuery } from './admin.js';
+import { Consumer } from './consumer/consumer.js';
+import {
+  pgExecutor,
+  toExecutor,
+  withTransaction,
+  type Queryable,
+  type TransactionOf,
+} from './db/executor.js';
+import { OutboxError } from './errors.js';
+import { OutboxEmitter, type EventName, type Listener as EventListener } from './events.js';
+import { migrate } from './migrate.js';
+import { resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
+import { publish, publishMany } from './producer/publish.js';
+import { createRelay } from './relay/relay.js';
+import { Listener } from './runtime/listener.js';
+import { cancelDeliveries } from './sql/deliveries.js';
+import { insertCancellation } from './sql/messages.js';
+import { insertProcessedKey } from './sql/processed.js';
+import { selectRelayStateExists } from './sql/schema.js';
+import { upsertSubscription } from './sql/subscriptions.js';
+import { assertSubscriptionName, topicFilter } from './topics.js';
+import type {
+  DeadLetter,
+  Handler,
+  LeaseContext,
+  OnceResult,
+  OutboxStatus,
+  PublishInput,
+  PublishOptions,
+  PublishResult,
+  SubscribeOptions,
+  TransactionalContext,
+} from './types.js';
+
+export interface Outbox {
+  /** Creates or upgrades the schema. Idempotent, safe from many processes at once. */
+  migrate(): Promise<void>;
+  publish(db: Queryable, topic: string, payload: unknown, options?: PublishOptions): Promise<PublishResult>;
+  publishMany(db: Queryable, messages: readonly PublishInput[]): Promise<PublishResult[]>;
+  /** Drops the message's deliveries that have not started; returns how many were pending. */
+  cancel(db: Queryable, messageId: string | number | bigint): Promise<{ cancelled: number }>;
+  /** Creates the subscription (consumer group) or updates its topics; the relay fans out to it from then on. */
+  declareSubscription(name: string, options: { topics: string[] }): Promise<void>;
+  subscribe(
+    name: string,
+    options: SubscribeOptions & { mode: 'transactional' },
+    handler: Handler<TransactionalContext>,
+  ): void;
+  subscribe(name: string, options: SubscribeOptions, handler: Handler<LeaseContext>): void;
+  /** Starts the relay and the registered consumers in this process. Idempotent. */
+  start(): Promise<void>;
+  /** Stops claiming, finishes or releases in-flight work, stops the relay. Idempotent. */
+  stop(): Promise<void>;
+  once<D extends Queryable, T>(
+    db: D,
+    scope: string,
+    key: string,
+    fn: (tx: TransactionOf<D>) => Promise<T>,
+  ): Promise<OnceResult<T>>;
+  deadLetters(name: string, query?: DeadLetterQuery): Promise<DeadLetter[]>;
+  replay(
+    name: string,
+    options?: { ids?: readonly (string | number | bigint)[] },
+  ): Promise<{ replayed: number }>;
+  status(): Promise<OutboxStatus>;
+  on<E extends EventName>(event: E, listener: EventListener<E>): void;
+  off<E extends EventName>(event: E, listener: EventListener<E>): void;
+  /** The pino logger in use. */
+  readonly logger: Logger;
+}
+
+function assertKeyPart(name: string, value: unknown): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 1024) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      `${name} must be a non-empty string of at most 1024 characters`,
+      {
+        value,
+      },
+    );
+  }
+}
+
+export function createOutbox(options: OutboxOptions): Outbox {
+  const config = resolveOptions(options);
+  const { pool, schema } = config;
+  const log = config.logger.child({ component: 'outbox', schema: schema.name });
+  const events = new OutboxEmitter();
+  const producer = { schema, maxPayloadBytes: config.maxPayloadBytes };
+  const relay = createRelay(config, events);
+  const listener = new Listener(pool, schema, config.logger, events);
+  const consumers = new Map<string, Consumer>();
+  let started = false;
+
+  async function startConsumer(consumer: Consumer, name: string): Promise<void> {
+    const id = await upsertSubscription(pgExecutor(pool), schema, name, consumer.filter);
+    listener.add(id, consumer.wakeup);
+    consumer.start(id);
+  }
+
+  async function assertMigrated(): Promise<void> {
+    if (!(await selectRelayStateExists(pgExecutor(pool), schema))) {
+      throw new OutboxError(
+        'OUTBOX_NOT_MIGRATED',
+        `Schema "${schema.name}" has no outbox tables: call migrate() first`,
+        {
+          value: schema.name,
+        },
+      );
+    }
+  }
+
+  return {
+    logger: config.logger,
+    async migrate() {
+      await migrate(pool, schema, config.logger);
+    },
+    publish: (db, topic, payload, opts) => publish(producer, db, topic, payload, opts),
+    publishMany: (db, messages) => publishMany(producer, db, messages),
+    async cancel(db, messageId) {
+      const id = String(messageId);
+      if (!/^\d{1,19}$/.test(id)) {
+        throw new OutboxError('OUTBOX_INVALID_OPTION', 'cancel needs a message id (a positive integer)', {
+          value: id,
+        });
+      }
+      const exec = toExecutor(db);
+      await insertCancellation(exec, schema, id);
+      return { cancelled: await cancelDeliveries(exec, schema, id) };
+    },
+    async declareSubscription(name, opts) {
+      assertSubscriptionName(name);
+      await upsertSubscription(pgExecutor(pool), schema, name, topicFilter(opts?.topics));
+    },
+    subscribe(
+      name: string,
+      opts: SubscribeOptions,
+      handler: Handler<LeaseContext> | Handler<TransactionalContext>,
+    ) {
+      assertSubscriptionName(name);
+      const resolved = resolveSubscribeOptions(opts);
+      if (typeof handler !== 'function') {
+        throw new OutboxError('OUTBOX_INVALID_OPTION', 'subscribe needs a handler function', {
+          value: typeof handler,
+        });
+      }
+      if (consumers.has(name)) {
+        throw new OutboxError(
+          'OUTBOX_DUPLICATE_SUBSCRIBER',
+          `"${name}" is already subscribed in this Outbox`,
+          {
+            value: name,
+          },
+        );
+      }
+      const consumer = new Consumer({
+        name,
+        schema,
+        pool,
+        options: resolved,
+        handler,
+        logger: config.logger,
+        events,
+      });
+      consumers.set(name, consumer);
+      if (started && config.consumers) {
+        listener.start();
+        startConsumer(consumer, name).catch((error: unknown) => {
+          log.error({ err: error, subscription: name }, 'starting consumer failed');
+          events.emit('error', error, { component: `consumer:${name}` });
+        });
+      }
+    },
+    async start() {
+      if (started) return;
+      await assertMigrated();
+      started = true;
+      if (config.relay.enabled) relay.start();
+      if (config.consumers && consumers.size > 0) {
+        listener.start();
+        await Promise.all([...consumers].map(([name, consumer]) => startConsumer(consumer, name)));
+      }
+    },
+    async stop() {
+      if (!started) return;
+      started = false;
+      await Promise.all([...consumers.values()].map((c) => c.stop(config.shutdownTimeoutMs)));
+      await Promise.all([listener.stop(), relay.stop()]);
+    },
+    once(db, scope, key, fn) {
+      assertKeyPart('scope', scope);
+      assertKeyPart('key', key);
+      return withTransaction(db, async (exec, tx) => {
+        if (!(await insertProcessedKey(exec, schema, scope, key))) return { duplicate: true };
+        return { duplicate: false, result: await fn(tx) };
+      });
+    },
+    deadLetters: (name, query) => listDeadLetters(pgExecutor(pool), schema, name, query),
+    replay: (name, opts) => replayDeadLetters(pgExecutor(pool), schema, name, opts),
+    status: () => readStatus(pgExecutor(pool), schema),
+    on: (event, l) => events.on(event, l),
+    off: (event, l) => events.off(event, l),
+  };
+}

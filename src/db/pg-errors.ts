@@ -1,0 +1,30 @@
+// The only module that reads SQLSTATE codes.
+
+function sqlState(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    const code = (error).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
+
+/** 25P01: SAVEPOINT outside a transaction block. */
+export function isNoActiveTransaction(error: unknown): boolean {
+  return sqlState(error) === '25P01';
+}
+
+/** 42P01 / 3F000: the outbox tables or schema are missing (migrate() has not run). */
+export function isUndefinedTableOrSchema(error: unknown): boolean {
+  const state = sqlState(error);
+  return state === '42P01' || state === '3F000';
+}
+
+/**
+ * Errors that mean "the connection or server went away": class 08 (connection exception), 57P01-57P03 (admin
+ * shutdown, crash shutdown, cannot connect now), or a socket error without a SQLSTATE.
+ */
+export function isConnectionError(error: unknown): boolean {
+  const state = sqlState(error);
+  if (state === undefined) return error instanceof Error;
+  return state.startsWith('08') || state === '57P01' || state === '57P02' || state === '57P03';
+}

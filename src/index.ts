@@ -1,0 +1,15 @@
+export { createOutbox, type Outbox } from './create-outbox.js';
+export type { OutboxOptions, RelayOptions } from './options.js';
+export {
+  OutboxError,
+  RetryAfterError,
+  DiscardError,
+  retryAfter,
+  discard,
+  isOutboxError,
+  type OutboxErrorCode,
+} from './errors.js';
+export type { OutboxEvents, EventName } from './events.js';
+export type { Queryable, TransactionOf } from './db/executor.js';
+export type { DeadLetterQuery } from './admin.js';
+export type * from './types.js';

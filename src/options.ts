@@ -1,0 +1,179 @@
+import type pg from 'pg';
+import { pino, type Logger } from 'pino';
+import { OutboxError } from './errors.js';
+import { schemaName, type SchemaName } from './db/identifiers.js';
+import { topicFilter, type TopicFilter } from './topics.js';
+import type { SubscribeOptions, SubscriptionMode } from './types.js';
+
+export interface RelayOptions {
+  /** Run the relay in this process (one process per schema is active; the others stand by). @defaultValue true */
+  enabled?: boolean;
+  /** Messages fanned out per transaction. @defaultValue 1000 */
+  batchSize?: number;
+  /** Pause between polls of the outbox when it is drained. @defaultValue 20 */
+  pollIntervalMs?: number;
+  /** How often a standby relay tries to take over. @defaultValue 1000 */
+  standbyPollMs?: number;
+}
+
+export interface OutboxOptions {
+  /** The pool pg-outbox runs its own statements on (claims, acks, relay batches). */
+  pool: pg.Pool;
+  /** Schema holding the outbox tables. @defaultValue 'outbox' */
+  schema?: string;
+  /** A pino logger; pg-outbox logs through child loggers and never logs payloads. @defaultValue silent above 'warn' */
+  logger?: Logger;
+  /** Largest payload, in bytes of JSON, that publish accepts. @defaultValue 1_048_576 (1 MiB) */
+  maxPayloadBytes?: number;
+  relay?: RelayOptions;
+  /** Run the consumers registered with subscribe() on start(). @defaultValue true */
+  consumers?: boolean;
+  /** How long stop() waits for running handlers before releasing their work. @defaultValue 10_000 */
+  shutdownTimeoutMs?: number;
+}
+
+export interface ResolvedOptions {
+  pool: pg.Pool;
+  schema: SchemaName;
+  logger: Logger;
+  maxPayloadBytes: number;
+  relay: Required<RelayOptions>;
+  consumers: boolean;
+  shutdownTimeoutMs: number;
+}
+
+export interface ResolvedSubscribeOptions {
+  filter: TopicFilter;
+  mode: SubscriptionMode;
+  ordered: boolean;
+  maxAttempts: number;
+  batchSize: number;
+  concurrency: number;
+  leaseMs: number;
+  pollIntervalMs: number;
+  retry: { minDelayMs: number; maxDelayMs: number };
+}
+
+function assertKnownKeys(where: string, value: object, known: readonly string[]): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) {
+      throw new OutboxError(
+        'OUTBOX_UNKNOWN_OPTION',
+        `Unknown ${where} option "${key}"; known: ${known.join(', ')}`,
+        {
+          value: key,
+        },
+      );
+    }
+  }
+}
+
+function integer(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', `${name} must be an integer from ${min} to ${max}`, {
+      value,
+    });
+  }
+  return value;
+}
+
+function boolean(name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', `${name} must be true or false`, { value });
+  }
+  return value;
+}
+
+function objectOrEmpty(name: string, value: unknown): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', `${name} must be an object`, { value });
+  }
+  return value as Record<string, unknown>;
+}
+
+const DAY_MS = 86_400_000;
+
+export function resolveOptions(options: OutboxOptions): ResolvedOptions {
+  const o = objectOrEmpty('createOutbox', options);
+  assertKnownKeys('createOutbox', o, [
+    'pool',
+    'schema',
+    'logger',
+    'maxPayloadBytes',
+    'relay',
+    'consumers',
+    'shutdownTimeoutMs',
+  ]);
+  if (typeof options.pool?.connect !== 'function' || !('totalCount' in options.pool)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'createOutbox needs `pool`: a pg.Pool', {
+      value: typeof options.pool,
+    });
+  }
+  const relay = objectOrEmpty('relay', o.relay);
+  assertKnownKeys('relay', relay, ['enabled', 'batchSize', 'pollIntervalMs', 'standbyPollMs']);
+  return {
+    pool: options.pool,
+    schema: schemaName(options.schema ?? 'outbox'),
+    logger: options.logger ?? pino({ level: 'warn' }),
+    maxPayloadBytes: integer('maxPayloadBytes', o.maxPayloadBytes, 1_048_576, 1, 256 * 1_048_576),
+    relay: {
+      enabled: boolean('relay.enabled', relay.enabled, true),
+      batchSize: integer('relay.batchSize', relay.batchSize, 1000, 1, 100_000),
+      pollIntervalMs: integer('relay.pollIntervalMs', relay.pollIntervalMs, 20, 1, 60_000),
+      standbyPollMs: integer('relay.standbyPollMs', relay.standbyPollMs, 1000, 10, 600_000),
+    },
+    consumers: boolean('consumers', o.consumers, true),
+    shutdownTimeoutMs: integer('shutdownTimeoutMs', o.shutdownTimeoutMs, 10_000, 0, DAY_MS),
+  };
+}
+
+export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubscribeOptions {
+  const o = objectOrEmpty('subscribe', options);
+  assertKnownKeys('subscribe', o, [
+    'topics',
+    'mode',
+    'ordered',
+    'maxAttempts',
+    'batchSize',
+    'concurrency',
+    'leaseMs',
+    'pollIntervalMs',
+    'retry',
+  ]);
+  const mode = o.mode ?? 'lease';
+  if (mode !== 'lease' && mode !== 'transactional') {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'mode must be "lease" or "transactional"', {
+      value: mode,
+    });
+  }
+  const ordered = boolean('ordered', o.ordered, false);
+  if (ordered) {
+    throw new OutboxError(
+      'OUTBOX_NOT_SUPPORTED',
+      'ordered subscriptions are not available in this version yet',
+      {
+        value: ordered,
+      },
+    );
+  }
+  const retry = objectOrEmpty('retry', o.retry);
+  assertKnownKeys('retry', retry, ['minDelayMs', 'maxDelayMs']);
+  const minDelayMs = integer('retry.minDelayMs', retry.minDelayMs, 1000, 0, DAY_MS);
+  return {
+    filter: topicFilter(o.topics),
+    mode,
+    ordered,
+    maxAttempts: integer('maxAttempts', o.maxAttempts, 10, 1, 1000),
+    batchSize: integer('batchSize', o.batchSize, 100, 1, 10_000),
+    concurrency: integer('concurrency', o.concurrency, 10, 1, 1000),
+    leaseMs: integer('leaseMs', o.leaseMs, 30_000, 100, DAY_MS),
+    pollIntervalMs: integer('pollIntervalMs', o.pollIntervalMs, 1000, 5, 600_000),
+    retry: {
+      minDelayMs,
+      maxDelayMs: integer('retry.maxDelayMs', retry.maxDelayMs, 3_600_000, minDelayMs, 30 * DAY_MS),
+    },
+  };
+}

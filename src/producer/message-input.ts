@@ -1,0 +1,131 @@
+import { OutboxError } from '../errors.js';
+import { assertTopic } from '../topics.js';
+import type { PublishOptions } from '../types.js';
+
+const MAX_KEY_LENGTH = 512;
+const PUBLISH_OPTIONS = new Set(['key', 'headers', 'deliverAt', 'delayMs', 'dedupKey']);
+
+/** A message checked and serialised, ready to insert. */
+export interface MessageRow {
+  topic: string;
+  key: string | null;
+  payload: string;
+  headers: string;
+  deliverAt: Date | null;
+  delayMs: number | null;
+  dedupKey: string | null;
+}
+
+function toJson(value: unknown, what: string): string {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value);
+  } catch (error) {
+    // BigInt values and cycles end here.
+    throw new OutboxError(
+      'OUTBOX_INVALID_PAYLOAD',
+      `${what} is not JSON-serialisable: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
+  }
+  if (json === undefined) {
+    throw new OutboxError('OUTBOX_INVALID_PAYLOAD', `${what} is not JSON-serialisable (got ${typeof value})`);
+  }
+  // jsonb rejects the NUL character; fail here rather than with a Postgres error mid-transaction.
+  if (json.includes('\\u0000')) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_PAYLOAD',
+      `${what} contains a NUL character (\\u0000), which jsonb cannot store`,
+    );
+  }
+  return json;
+}
+
+function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY' | 'OUTBOX_INVALID_OPTION') {
+  if (value === undefined || value === null) return null;
+  if (
+    typeof value !== 'string' ||
+    value.length === 0 ||
+    value.length > MAX_KEY_LENGTH ||
+    value.includes('\0')
+  ) {
+    throw new OutboxError(
+      code,
+      `${name} must be a non-empty string of at most ${MAX_KEY_LENGTH} characters`,
+      {
+        value,
+      },
+    );
+  }
+  return value;
+}
+
+function headersJson(headers: unknown): string {
+  if (headers === undefined || headers === null) return '{}';
+  const valid =
+    typeof headers === 'object' &&
+    !Array.isArray(headers) &&
+    Object.values(headers).every((v) => typeof v === 'string');
+  if (!valid) {
+    throw new OutboxError('OUTBOX_INVALID_HEADERS', 'headers must be an object whose values are strings', {
+      value: headers,
+    });
+  }
+  return toJson(headers, 'headers');
+}
+
+function due(options: PublishOptions): { deliverAt: Date | null; delayMs: number | null } {
+  const { deliverAt, delayMs } = options;
+  if (deliverAt !== undefined && delayMs !== undefined) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'Pass either deliverAt or delayMs, not both');
+  }
+  if (deliverAt !== undefined && !(deliverAt instanceof Date && Number.isFinite(deliverAt.getTime()))) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'deliverAt must be a valid Date', { value: deliverAt });
+  }
+  if (delayMs !== undefined && !(Number.isSafeInteger(delayMs) && delayMs >= 0)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'delayMs must be an integer >= 0', { value: delayMs });
+  }
+  return { deliverAt: deliverAt ?? null, delayMs: delayMs ?? null };
+}
+
+/** Validates one message before anything is written; throws OutboxError on bad input. */
+export function messageRow(
+  topic: unknown,
+  payload: unknown,
+  options: PublishOptions | undefined,
+  maxPayloadBytes: number,
+): MessageRow {
+  assertTopic(topic);
+  const opts = options ?? {};
+  if (typeof opts !== 'object') {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'publish options must be an object', { value: opts });
+  }
+  for (const name of Object.keys(opts)) {
+    if (!PUBLISH_OPTIONS.has(name)) {
+      throw new OutboxError(
+        'OUTBOX_UNKNOWN_OPTION',
+        `Unknown publish option "${name}"; known options: ${[...PUBLISH_OPTIONS].join(', ')}`,
+        { value: name },
+      );
+    }
+  }
+  const json = toJson(payload, 'payload');
+  const bytes = Buffer.byteLength(json, 'utf8');
+  if (bytes > maxPayloadBytes) {
+    throw new OutboxError(
+      'OUTBOX_PAYLOAD_TOO_LARGE',
+      `payload is ${bytes} bytes as JSON, over the limit of ${maxPayloadBytes} (createOutbox({ maxPayloadBytes }))`,
+      { value: bytes },
+    );
+  }
+  return {
+    topic,
+    key: optionalString(opts.key, 'key', 'OUTBOX_INVALID_KEY'),
+    payload: json,
+    headers: headersJson(opts.headers),
+    ...due(opts),
+    dedupKey: optionalString(opts.dedupKey, 'dedupKey', 'OUTBOX_INVALID_OPTION'),
+  };
+}

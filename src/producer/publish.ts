@@ -1,0 +1,111 @@
+import { toExecutor, type Executor, type Queryable } from '../db/executor.js';
+import type { SchemaName } from '../db/identifiers.js';
+import { OutboxError } from '../errors.js';
+import { insertMessage, insertMessages, selectDedupIds } from '../sql/messages.js';
+import type { PublishInput, PublishOptions, PublishResult } from '../types.js';
+import { messageRow, type MessageRow } from './message-input.js';
+
+export interface ProducerConfig {
+  schema: SchemaName;
+  maxPayloadBytes: number;
+}
+
+const dedupId = (topic: string, dedupKey: string) => `${topic}\u0000${dedupKey}`;
+
+/**
+ * Ids for rows that hit the dedup index. The conflicting row was committed by another transaction after our
+ * INSERT's snapshot, so it is read by a new statement. If that writer rolled back instead, the key is free again
+ * and the caller's insert is retried.
+ */
+async function existingIds(exec: Executor, s: SchemaName, rows: MessageRow[]): Promise<Map<string, string>> {
+  const keys = rows.flatMap((r) => (r.dedupKey === null ? [] : [{ topic: r.topic, dedupKey: r.dedupKey }]));
+  const found = await selectDedupIds(exec, s, keys);
+  return new Map(found.map((f) => [dedupId(f.topic, f.dedup_key ?? ''), f.id]));
+}
+
+export async function publish(
+  config: ProducerConfig,
+  db: Queryable,
+  topic: string,
+  payload: unknown,
+  options?: PublishOptions,
+): Promise<PublishResult> {
+  const row = messageRow(topic, payload, options, config.maxPayloadBytes);
+  const exec = toExecutor(db);
+  for (;;) {
+    const id = await insertMessage(exec, config.schema, row);
+    if (id !== null) return { id, duplicate: false };
+    const existing = (await existingIds(exec, config.schema, [row])).get(
+      dedupId(row.topic, row.dedupKey ?? ''),
+    );
+    if (existing !== undefined) return { id: existing, duplicate: true };
+  }
+}
+
+export async function publishMany(
+  config: ProducerConfig,
+  db: Queryable,
+  messages: readonly PublishInput[],
+): Promise<PublishResult[]> {
+  if (!Array.isArray(messages)) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'publishMany expects an array of { topic, payload, ...options }',
+    );
+  }
+  const rows = messages.map((m: PublishInput) => {
+    if (typeof m !== 'object' || m === null) {
+      throw new OutboxError(
+        'OUTBOX_INVALID_OPTION',
+        'publishMany expects objects of { topic, payload, ...options }',
+      );
+    }
+    const { topic, payload, ...options } = m;
+    return messageRow(topic, payload, options, config.maxPayloadBytes);
+  });
+  if (rows.length === 0) return [];
+  const exec = toExecutor(db);
+  // The first row of each (topic, dedupKey) in the call is inserted; later ones in the same call are duplicates.
+  const seen = new Map<string, number>();
+  const firstIndex = rows.map((r, i) => {
+    if (r.dedupKey === null) return i;
+    const id = dedupId(r.topic, r.dedupKey);
+    const first = seen.get(id) ?? i;
+    seen.set(id, first);
+    return first;
+  });
+  const results = new Map<MessageRow, PublishResult>();
+  let pending = rows.filter((_, i) => firstIndex[i] === i);
+  while (pending.length > 0) {
+    const inserted = await insertMessages(exec, config.schema, pending);
+    const byKey = new Map(inserted.map((r) => [dedupId(r.topic, r.dedup_key ?? ''), r.id]));
+    // Rows without a dedupKey are always inserted, and identity ids ascend in input order.
+    const plainIds = inserted
+      .filter((r) => r.dedup_key === null)
+      .map((r) => BigInt(r.id))
+      .sort((a, b) => (a < b ? -1 : 1));
+    let plain = 0;
+    const conflicted: MessageRow[] = [];
+    for (const r of pending) {
+      const id =
+        r.dedupKey === null ? plainIds[plain++]?.toString() : byKey.get(dedupId(r.topic, r.dedupKey));
+      if (id === undefined) conflicted.push(r);
+      else results.set(r, { id, duplicate: false });
+    }
+    const existing =
+      conflicted.length === 0
+        ? new Map<string, string>()
+        : await existingIds(exec, config.schema, conflicted);
+    // A conflicting writer that rolled back leaves no row: those rows are inserted again.
+    pending = conflicted.filter((r) => {
+      const id = existing.get(dedupId(r.topic, r.dedupKey ?? ''));
+      if (id !== undefined) results.set(r, { id, duplicate: true });
+      return id === undefined;
+    });
+  }
+  return rows.map((r, i) => {
+    const first = results.get(rows[firstIndex[i] ?? i] ?? r);
+    if (first === undefined) throw new Error('publishMany lost track of a row');
+    return firstIndex[i] === i ? first : { id: first.id, duplicate: true };
+  });
+}

@@ -1,0 +1,121 @@
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { connectDedicated } from '../db/dedicated-client.js';
+import { pgExecutor } from '../db/executor.js';
+import type { SchemaName } from '../db/identifiers.js';
+import type { OutboxEmitter } from '../events.js';
+import type { ResolvedOptions } from '../options.js';
+import { releaseRelayLock, tryRelayLock } from '../sql/locks.js';
+import { readRelayWindow, relayBatch } from '../sql/relay.js';
+import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
+
+/*
+ * Why snapshots, not ids. Message ids are taken at INSERT but rows become visible at COMMIT, so "everything
+ * above the last id" skips a lower id that commits late. We follow PgQ instead: each message stores its
+ * transaction id (xid8), and the relay remembers a snapshot `done` such that every message visible in it has been
+ * fanned out. A batch is every message visible in a fresh snapshot `target` but not in `done`. Such a message's
+ * transaction either was running at `done` (its xid is in done's xip list: probed by equality) or started after
+ * it (xid >= done's xmax: one range scan). Rows of rolled-back transactions are never visible, and an unrelated
+ * long-running transaction only adds its xid to the probe list: it delays nothing that has committed. Unlike an
+ * xid8 cursor below pg_snapshot_xmin (watermill-sql), nothing waits for the oldest open transaction; unlike
+ * claim-and-mark, the messages table is append-only (no UPDATE per message, no dead tuples).
+ */
+
+export interface Relay {
+  start(): void;
+  stop(): Promise<void>;
+  isLeader(): boolean;
+}
+
+export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Relay {
+  const log: Logger = config.logger.child({ component: 'relay', schema: config.schema.name });
+  const { batchSize, pollIntervalMs, standbyPollMs } = config.relay;
+  const wakeup = new Wakeup();
+  let client: pg.Client | null = null;
+  let leader = false;
+  let running: Promise<void> | null = null;
+  let stopping = false;
+
+  const dropConnection = (lost: pg.Client | null = client) => {
+    if (lost === null || lost !== client) return;
+    client = null;
+    if (leader) events.emit('relay:leader', { leader: false });
+    leader = false;
+    void lost.end().catch(() => undefined);
+  };
+
+  async function runBatch(conn: pg.Client, schema: SchemaName): Promise<number> {
+    const exec = pgExecutor(conn);
+    await conn.query('BEGIN');
+    try {
+      const window = await readRelayWindow(exec, schema);
+      const result = await relayBatch(exec, schema, window, batchSize);
+      if (!result.stateWritten) {
+        await conn.query('ROLLBACK');
+        log.warn('relay state changed under this relay; rolled back its batch');
+        return 0;
+      }
+      await conn.query('COMMIT');
+      if (result.messages > 0) {
+        log.debug({ messages: result.messages, deliveries: result.deliveries }, 'relay batch');
+        events.emit('relay:batch', { messages: result.messages, deliveries: result.deliveries });
+      }
+      return result.messages;
+    } catch (error) {
+      await conn.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async function step(): Promise<number> {
+    if (client === null) {
+      client = await connectDedicated(config.pool, log, (lost) => dropConnection(lost));
+    }
+    const conn = client;
+    if (!leader) {
+      leader = await tryRelayLock(pgExecutor(conn), config.schema);
+      if (!leader) return -1;
+      log.info('relay is active');
+      events.emit('relay:leader', { leader: true });
+    }
+    return runBatch(conn, config.schema);
+  }
+
+  async function loop(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      try {
+        const relayed = await step();
+        failures = 0;
+        if (relayed === -1) await wakeup.wait(standbyPollMs);
+        else if (relayed < batchSize) await wakeup.wait(pollIntervalMs);
+      } catch (error) {
+        failures += 1;
+        log.error({ err: error }, 'relay step failed');
+        events.emit('error', error, { component: 'relay' });
+        dropConnection();
+        await wakeup.wait(errorBackoffMs(failures));
+      }
+    }
+  }
+
+  return {
+    start() {
+      if (running !== null) return;
+      stopping = false;
+      running = loop();
+    },
+    async stop() {
+      if (running === null) return;
+      stopping = true;
+      wakeup.nudge();
+      await running;
+      running = null;
+      const conn = client;
+      if (conn !== null && leader)
+        await releaseRelayLock(pgExecutor(conn), config.schema).catch(() => undefined);
+      dropConnection();
+    },
+    isLeader: () => leader,
+  };
+}

@@ -1,0 +1,196 @@
+import type { Executor } from '../db/executor.js';
+import type { SchemaName } from '../db/identifiers.js';
+
+/** A claimed delivery joined with its message. */
+export interface ClaimedRow {
+  delivery_id: string;
+  message_id: string;
+  state: 'pending' | 'dead' | 'cancelled';
+  attempt: number;
+  topic: string;
+  key: string | null;
+  payload: unknown;
+  headers: Record<string, string>;
+  created_at: Date;
+  deliver_at: Date | null;
+}
+
+export const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer crashed, stalled or timed out';
+
+/**
+ * Claims up to `limit` due deliveries of one subscription and leases them for `leaseMs`.
+ *
+ * Index: deliveries_due_idx (subscription_id, available_at, id) WHERE state = 'pending', read in order and cut
+ * at LIMIT, so the cost does not grow with rows that are not due (delayed, retrying, leased).
+ * Lock: FOR UPDATE SKIP LOCKED on the chosen rows. Competing consumers take disjoint rows without waiting; a row
+ * another claimer holds is skipped, never handed out twice, and its lease change commits before it is visible.
+ * Lease: available_at moves to the lease end, so a leased row leaves the due range until the lease expires and
+ * is then claimed again. attempt + 1 is the fencing token every ack must present.
+ * A row whose previous lease expired at maxAttempts is dead-lettered here instead of handed out, so a handler
+ * that crashes its process every time still ends; a row whose message was cancelled is marked cancelled.
+ */
+export async function claimDeliveries(
+  exec: Executor,
+  s: SchemaName,
+  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number },
+): Promise<ClaimedRow[]> {
+  return exec.query<ClaimedRow>(
+    `WITH due AS (
+       SELECT q.id,
+              CASE
+                WHEN EXISTS (SELECT 1 FROM ${s.quoted}.cancellations c WHERE c.message_id = q.message_id) THEN 'cancelled'
+                WHEN q.attempt >= $4::int THEN 'dead'
+                ELSE 'pending'
+              END AS next_state
+       FROM ${s.quoted}.deliveries q
+       WHERE q.subscription_id = $1::int
+         AND q.state = 'pending'
+         AND q.available_at <= now()
+       ORDER BY q.available_at, q.id
+       LIMIT $2::int
+       FOR UPDATE SKIP LOCKED
+     )
+     UPDATE ${s.quoted}.deliveries d
+     SET state = due.next_state,
+         attempt = CASE WHEN due.next_state = 'pending' THEN d.attempt + 1 ELSE d.attempt END,
+         available_at = CASE WHEN due.next_state = 'pending'
+                             THEN now() + $3::int * interval '1 millisecond' ELSE d.available_at END,
+         leased_until = CASE WHEN due.next_state = 'pending'
+                             THEN now() + $3::int * interval '1 millisecond' END,
+         last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END,
+         completed_at = CASE WHEN due.next_state = 'pending' THEN NULL ELSE now() END
+     FROM due, ${s.quoted}.messages m
+     WHERE d.id = due.id
+       AND m.id = d.message_id
+     RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, m.topic, m.key, m.payload, m.headers,
+               m.created_at, m.deliver_at`,
+    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR],
+  );
+}
+
+/** Milliseconds until the subscription's next pending delivery is due (null when none), by Postgres's clock. */
+export async function selectNextDueMs(
+  exec: Executor,
+  s: SchemaName,
+  subscriptionId: number,
+): Promise<number | null> {
+  const rows = await exec.query<{ ms: string | null }>(
+    `SELECT ceil(EXTRACT(EPOCH FROM min(available_at) - now()) * 1000)::bigint::text AS ms
+     FROM ${s.quoted}.deliveries
+     WHERE subscription_id = $1::int
+       AND state = 'pending'`,
+    [subscriptionId],
+  );
+  const ms = rows[0]?.ms;
+  return ms === null || ms === undefined ? null : Math.max(0, Number(ms));
+}
+
+export type Outcome = 'done' | 'retry' | 'dead';
+
+export interface Settlement {
+  deliveryId: string;
+  attempt: number;
+  outcome: Outcome;
+  /** Backoff before the next attempt (retry only). */
+  delayMs: number;
+  error: string | null;
+}
+
+/**
+ * Records handler outcomes in one statement: ack, retry at now() + delay, or dead letter.
+ * Fencing: only rows still on the attempt this consumer claimed change. A delivery whose lease expired and that
+ * another consumer claimed again has a higher attempt, so a late ack or failure from the first consumer is a
+ * no-op. Returns the ids that were settled.
+ */
+export async function settleDeliveries(
+  exec: Executor,
+  s: SchemaName,
+  items: Settlement[],
+): Promise<Set<string>> {
+  const rows = await exec.query<{ id: string }>(
+    `UPDATE ${s.quoted}.deliveries d
+     SET state = CASE f.outcome WHEN 'done' THEN 'done' WHEN 'dead' THEN 'dead' ELSE 'pending' END,
+         available_at = CASE WHEN f.outcome = 'retry'
+                             THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
+         leased_until = NULL,
+         last_error = coalesce(f.error, d.last_error),
+         completed_at = CASE WHEN f.outcome = 'retry' THEN NULL ELSE now() END
+     FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
+       AS f(id, attempt, outcome, delay_ms, error)
+     WHERE d.id = f.id
+       AND d.attempt = f.attempt
+       AND d.state = 'pending'
+     RETURNING d.id`,
+    [
+      items.map((i) => i.deliveryId),
+      items.map((i) => i.attempt),
+      items.map((i) => i.outcome),
+      items.map((i) => i.delayMs),
+      items.map((i) => i.error),
+    ],
+  );
+  return new Set(rows.map((r) => r.id));
+}
+
+/**
+ * Gives back claimed deliveries that were never started (graceful stop): due at once, and the hand-out does not
+ * count as an attempt. Fenced by attempt like an ack.
+ */
+export async function releaseDeliveries(
+  exec: Executor,
+  s: SchemaName,
+  items: { deliveryId: string; attempt: number }[],
+): Promise<number> {
+  const rows = await exec.query<{ id: string }>(
+    `UPDATE ${s.quoted}.deliveries d
+     SET attempt = d.attempt - 1,
+         available_at = now(),
+         leased_until = NULL
+     FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)
+     WHERE d.id = f.id
+       AND d.attempt = f.attempt
+       AND d.state = 'pending'
+     RETURNING d.id`,
+    [items.map((i) => i.deliveryId), items.map((i) => i.attempt)],
+  );
+  return rows.length;
+}
+
+/**
+ * Transactional mode: locks the lane's deliveries inside the handler transaction, keeping only those still on
+ * our attempt. Plain FOR UPDATE (no SKIP LOCKED): these rows are ours under a live lease, so the only holder can
+ * be a consumer that re-claimed one after our lease expired; we wait for it, see its higher attempt and drop the
+ * row. Holding the locks until COMMIT keeps any re-claim (which uses SKIP LOCKED) away from rows we are handling.
+ */
+export async function lockClaimedDeliveries(
+  exec: Executor,
+  s: SchemaName,
+  items: { deliveryId: string; attempt: number }[],
+): Promise<Set<string>> {
+  const rows = await exec.query<{ id: string }>(
+    `SELECT d.id
+     FROM ${s.quoted}.deliveries d
+     JOIN unnest($1::bigint[], $2::int[]) AS f(id, attempt)
+       ON d.id = f.id AND d.attempt = f.attempt
+     WHERE d.state = 'pending'
+     ORDER BY d.id
+     FOR UPDATE OF d`,
+    [items.map((i) => i.deliveryId), items.map((i) => i.attempt)],
+  );
+  return new Set(rows.map((r) => r.id));
+}
+
+/** Marks a message's pending deliveries cancelled, except those a consumer holds under a live lease. */
+export async function cancelDeliveries(exec: Executor, s: SchemaName, messageId: string): Promise<number> {
+  const rows = await exec.query<{ id: string }>(
+    `UPDATE ${s.quoted}.deliveries
+     SET state = 'cancelled',
+         completed_at = now()
+     WHERE message_id = $1::bigint
+       AND state = 'pending'
+       AND (leased_until IS NULL OR leased_until <= now())
+     RETURNING id`,
+    [messageId],
+  );
+  return rows.length;
+}

@@ -1,0 +1,133 @@
+import type pg from 'pg';
+
+export interface PublishOptions {
+  /** Ordering and partitioning key, e.g. an order id. */
+  key?: string;
+  /** String headers carried to the handler (trace context, content type, ...). */
+  headers?: Record<string, string>;
+  /** Absolute due time. Deliveries are not handed out before it. */
+  deliverAt?: Date;
+  /** Due time relative to the database's now() at publish, in milliseconds. */
+  delayMs?: number;
+  /** A publish with a (topic, dedupKey) that already exists writes nothing and returns the existing id. */
+  dedupKey?: string;
+}
+
+export interface PublishInput extends PublishOptions {
+  topic: string;
+  payload: unknown;
+}
+
+export interface PublishResult {
+  /** The message id (a bigint, as a string). */
+  id: string;
+  /** True when dedupKey matched an existing message and nothing was written. */
+  duplicate: boolean;
+}
+
+/** What a handler receives. */
+export interface OutboxMessage<Payload = unknown> {
+  /** The message id, the same for every subscription. */
+  id: string;
+  /** This subscription's delivery id. */
+  deliveryId: string;
+  subscription: string;
+  topic: string;
+  key: string | null;
+  payload: Payload;
+  headers: Record<string, string>;
+  /** 1 on the first hand-out, counting every later one (retries and expired leases). */
+  attempt: number;
+  createdAt: Date;
+  /** The requested due time, or null when the message was due at once. */
+  deliverAt: Date | null;
+}
+
+export type SubscriptionMode = 'lease' | 'transactional';
+
+export interface RetryOptions {
+  /** Backoff before the second attempt; doubles each attempt, with full jitter. @defaultValue 1000 */
+  minDelayMs?: number;
+  /** Upper bound of the backoff. @defaultValue 3_600_000 (1 hour) */
+  maxDelayMs?: number;
+}
+
+export interface SubscribeOptions {
+  /** Topic names and patterns (`order.*` one segment, `order.#` one or more). */
+  topics: string[];
+  /**
+   * `lease`: the handler runs outside a transaction while the claim's lease protects the delivery.
+   * `transactional`: the handler gets `ctx.tx`, the transaction that also acks the delivery.
+   * @defaultValue 'lease'
+   */
+  mode?: SubscriptionMode;
+  /** Per-key FIFO. Not available yet: `true` is rejected with OUTBOX_NOT_SUPPORTED. @defaultValue false */
+  ordered?: boolean;
+  /** Hand-outs before a delivery is dead-lettered. @defaultValue 10 */
+  maxAttempts?: number;
+  /** Deliveries claimed per statement, and the most this consumer holds at once. @defaultValue 100 */
+  batchSize?: number;
+  /** Handlers running at once (transactional mode: transactions at once). @defaultValue 10 */
+  concurrency?: number;
+  /** How long a claim is exclusive; an unacked delivery is handed out again after it. @defaultValue 30_000 */
+  leaseMs?: number;
+  /** Safety-net poll when no wake-up arrives. @defaultValue 1000 */
+  pollIntervalMs?: number;
+  retry?: RetryOptions;
+}
+
+export interface LeaseContext {
+  /** Aborted when the consumer stops past its shutdown timeout or the lease runs out. */
+  signal: AbortSignal;
+}
+
+export type OnceResult<T> = { duplicate: false; result: T } | { duplicate: true };
+
+export interface TransactionalContext extends LeaseContext {
+  /** The transaction that also acks this delivery; do not COMMIT, ROLLBACK or release it. */
+  tx: pg.PoolClient;
+  /**
+   * Strong idempotency check inside `tx`: records (subscription, key) and runs fn only if the key is new.
+   * Default key: the message id.
+   */
+  once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>>;
+}
+
+export type Handler<Ctx> = (message: OutboxMessage, ctx: Ctx) => Promise<void> | void;
+
+export interface DeadLetter {
+  deliveryId: string;
+  messageId: string;
+  topic: string;
+  key: string | null;
+  payload: unknown;
+  headers: Record<string, string>;
+  attempt: number;
+  lastError: string | null;
+  publishedAt: Date;
+  deadAt: Date | null;
+}
+
+export interface SubscriptionStatus {
+  name: string;
+  topics: string[];
+  /** Due now and waiting for a consumer. */
+  pending: number;
+  /** Waiting for a due time: delayed messages and retry backoff. */
+  delayed: number;
+  /** Claimed, lease still running. */
+  inFlight: number;
+  dead: number;
+  /** Age of the oldest due delivery, in milliseconds (0 when none). */
+  oldestPendingMs: number;
+}
+
+export interface OutboxStatus {
+  subscriptions: SubscriptionStatus[];
+  relay: {
+    /** Committed messages the relay has not fanned out yet. */
+    backlog: number;
+    /** Age of the oldest of them, in milliseconds (0 when none). */
+    lagMs: number;
+  };
+}
