@@ -275,6 +275,8 @@ export class Consumer {
         this.config.events.emit('delivery:dead', { ...info, error: item.error });
       }
     }
-    if (this.waitingForRoom) this.wakeup.nudge();
+    // A retry changes the next due time, which the claim loop may have read just before this write.
+    const retried = items.some((i) => i.outcome === 'retry' && settled.has(i.deliveryId));
+    if (this.waitingForRoom || retried) this.wakeup.nudge();
   }
 }

@@ -1,0 +1,229 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { discard, retryAfter, type Outbox } from '../../src/index.js';
+import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+
+const states = async (t: OutboxTestContext, subscription: string) => {
+  const { rows } = await t.pool.query<{ state: string; n: string }>(
+    `SELECT state, count(*) AS n FROM outbox.message_deliveries WHERE subscription = $1 GROUP BY state`,
+    [subscription],
+  );
+  return Object.fromEntries(rows.map((r) => [r.state, Number(r.n)]));
+};
+
+describe('consumers', () => {
+  let t: OutboxTestContext;
+  beforeAll(async () => {
+    t = await setupOutboxTest({ poolMax: 40 });
+  });
+  afterAll(async () => t.close());
+
+  it('hands each message to exactly one of several competing consumers', async () => {
+    const handled = new Map<string, number>();
+    const byInstance = [0, 0, 0, 0];
+    const instances: Outbox[] = byInstance.map((_, i) => {
+      const o = t.outbox({ relay: { enabled: i === 0 } });
+      o.subscribe('compete', { topics: ['compete.test'], batchSize: 20, concurrency: 4 }, async (m) => {
+        handled.set(m.id, (handled.get(m.id) ?? 0) + 1);
+        byInstance[i] = (byInstance[i] ?? 0) + 1;
+        await new Promise((r) => setTimeout(r, Math.random() * 2));
+      });
+      return o;
+    });
+    await Promise.all(instances.map((o) => o.start()));
+    const total = 2000;
+    const producer = instances[0] as Outbox;
+    for (let i = 0; i < total; i += 100) {
+      await producer.publishMany(
+        t.pool,
+        Array.from({ length: 100 }, (_, j) => ({ topic: 'compete.test', payload: { n: i + j } })),
+      );
+    }
+    await waitFor('all handled', () => handled.size === total, 30_000);
+    await waitFor('all acked', async () => (await states(t, 'compete')).done === total);
+    expect([...handled.values()].every((n) => n === 1)).toBe(true);
+    expect(byInstance.filter((n) => n > 0).length).toBeGreaterThan(1);
+    await Promise.all(instances.map((o) => o.stop()));
+  });
+
+  it('retries with backoff, dead-letters after maxAttempts, and replays dead letters', async () => {
+    const outbox = t.outbox();
+    const attempts: number[] = [];
+    let healthy = false;
+    outbox.subscribe(
+      'flaky',
+      { topics: ['flaky.test'], maxAttempts: 3, retry: { minDelayMs: 40, maxDelayMs: 200 } },
+      (m) => {
+        attempts.push(m.attempt);
+        if (!healthy) throw new Error(`boom on attempt ${m.attempt}`);
+      },
+    );
+    const dead: string[] = [];
+    outbox.on('delivery:dead', (info) => dead.push(info.deliveryId));
+    await outbox.start();
+    const { id } = await outbox.publish(t.pool, 'flaky.test', { x: 1 });
+    await waitFor('dead-lettered', () => dead.length === 1);
+    expect(attempts).toEqual([1, 2, 3]);
+    const letters = await outbox.deadLetters('flaky');
+    expect(letters).toHaveLength(1);
+    expect(letters[0]).toMatchObject({ messageId: id, attempt: 3, topic: 'flaky.test', payload: { x: 1 } });
+    expect(letters[0]?.lastError).toContain('boom on attempt 3');
+    // The backoff was taken from Postgres's clock: each retry came after its delay.
+    const { rows } = await t.pool.query<{ spread_ms: number }>(
+      `SELECT EXTRACT(EPOCH FROM completed_at - created_at) * 1000 AS spread_ms FROM outbox.deliveries WHERE message_id = $1`,
+      [id],
+    );
+    expect(Number(rows[0]?.spread_ms)).toBeGreaterThanOrEqual(20 + 40);
+
+    healthy = true;
+    expect(await outbox.replay('flaky')).toEqual({ replayed: 1 });
+    await waitFor('replayed delivery done', async () => (await states(t, 'flaky')).done === 1);
+    expect(attempts).toEqual([1, 2, 3, 1]);
+    expect(await outbox.deadLetters('flaky')).toEqual([]);
+    await outbox.stop();
+  });
+
+  it('honours retryAfter() and discard() thrown by a handler', async () => {
+    const outbox = t.outbox();
+    const seen: string[] = [];
+    outbox.subscribe('control', { topics: ['control.test'], maxAttempts: 5 }, (m) => {
+      const kind = (m.payload as { kind: string }).kind;
+      seen.push(`${kind}:${m.attempt}`);
+      if (kind === 'discard') throw discard('not for us');
+      if (kind === 'later' && m.attempt === 1) throw retryAfter(30);
+    });
+    await outbox.start();
+    await outbox.publish(t.pool, 'control.test', { kind: 'discard' });
+    await outbox.publish(t.pool, 'control.test', { kind: 'later' });
+    await waitFor('both settled', async () => {
+      const s = await states(t, 'control');
+      return s.dead === 1 && s.done === 1;
+    });
+    expect(seen.sort()).toEqual(['discard:1', 'later:1', 'later:2']);
+    await outbox.stop();
+  });
+
+  it('never hands out a delayed message before its due time', async () => {
+    const outbox = t.outbox();
+    const early: string[] = [];
+    const handled: string[] = [];
+    outbox.subscribe('delayed', { topics: ['delayed.test'] }, async (m) => {
+      const { rows } = await t.pool.query<{ early: boolean }>('SELECT now() < $1::timestamptz AS early', [
+        m.deliverAt,
+      ]);
+      if (rows[0]?.early) early.push(m.id);
+      handled.push(m.id);
+    });
+    await outbox.start();
+    const client = await t.pool.connect();
+    const { rows } = await client.query<{ now: Date }>('SELECT now() AS now');
+    const base = (rows[0] as { now: Date }).now.getTime();
+    const published = [];
+    for (let i = 0; i < 20; i++) {
+      published.push(await outbox.publish(client, 'delayed.test', { i }, { delayMs: 50 + i * 15 }));
+    }
+    published.push(
+      await outbox.publish(client, 'delayed.test', { abs: true }, { deliverAt: new Date(base + 400) }),
+    );
+    client.release();
+    await waitFor('all delayed messages handled', () => handled.length === published.length);
+    expect(early).toEqual([]);
+    await outbox.stop();
+  });
+
+  it('commits handler side effects and the ack together in transactional mode', async () => {
+    await t.pool.query('CREATE TABLE IF NOT EXISTS effects (message_id bigint, attempt int)');
+    const outbox = t.outbox();
+    outbox.subscribe(
+      'tx',
+      {
+        topics: ['tx.test'],
+        mode: 'transactional',
+        maxAttempts: 2,
+        retry: { minDelayMs: 10, maxDelayMs: 20 },
+      },
+      async (m, ctx) => {
+        await ctx.tx.query('INSERT INTO effects VALUES ($1, $2)', [m.id, m.attempt]);
+        if ((m.payload as { fail: boolean }).fail) throw new Error('after the side effect');
+      },
+    );
+    await outbox.start();
+    const ok = await outbox.publish(t.pool, 'tx.test', { fail: false });
+    const bad = await outbox.publish(t.pool, 'tx.test', { fail: true });
+    await waitFor('both settled', async () => {
+      const s = await states(t, 'tx');
+      return s.done === 1 && s.dead === 1;
+    });
+    expect(await count(t.pool, 'SELECT count(*) AS n FROM effects WHERE message_id = $1', [ok.id])).toBe(1);
+    // Both failed attempts rolled their side effect back, and each still counted as an attempt.
+    expect(await count(t.pool, 'SELECT count(*) AS n FROM effects WHERE message_id = $1', [bad.id])).toBe(0);
+    const letters = await outbox.deadLetters('tx');
+    expect(letters[0]).toMatchObject({ messageId: bad.id, attempt: 2 });
+    await outbox.stop();
+  });
+
+  it('cancels the pending delayed deliveries of a message', async () => {
+    const outbox = t.outbox();
+    const handled: string[] = [];
+    outbox.subscribe('cancel', { topics: ['cancel.test'] }, (m) => {
+      handled.push(m.id);
+    });
+    await outbox.start();
+    const later = await outbox.publish(t.pool, 'cancel.test', { close: 1 }, { delayMs: 300 });
+    const now = await outbox.publish(t.pool, 'cancel.test', { close: 2 });
+    await waitFor(
+      'relayed',
+      async () =>
+        (await count(t.pool, 'SELECT count(*) AS n FROM outbox.deliveries WHERE message_id = $1', [
+          later.id,
+        ])) === 1,
+    );
+    expect(await outbox.cancel(t.pool, later.id)).toEqual({ cancelled: 1 });
+    // Cancelled before the relay saw it: no delivery is ever made.
+    const client = await t.pool.connect();
+    await client.query('BEGIN');
+    const unborn = await outbox.publish(client, 'cancel.test', { close: 3 }, { delayMs: 100 });
+    await outbox.cancel(client, unborn.id);
+    await client.query('COMMIT');
+    client.release();
+    await waitFor('the undelayed one ran', () => handled.includes(now.id));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(handled).toEqual([now.id]);
+    expect(
+      await count(t.pool, `SELECT count(*) AS n FROM outbox.deliveries WHERE message_id = $1`, [unborn.id]),
+    ).toBe(0);
+    await outbox.stop();
+  });
+
+  it('releases claimed but unstarted deliveries on stop without counting an attempt', async () => {
+    const outbox = t.outbox({ shutdownTimeoutMs: 5_000 });
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    let started = 0;
+    outbox.subscribe('stop', { topics: ['stop.test'], batchSize: 10, concurrency: 1 }, async () => {
+      started++;
+      await gate;
+    });
+    await outbox.start();
+    await outbox.publishMany(
+      t.pool,
+      Array.from({ length: 10 }, (_, i) => ({ topic: 'stop.test', payload: { i } })),
+    );
+    await waitFor('first handler running', () => started === 1);
+    await waitFor(
+      'batch claimed',
+      async () =>
+        (await count(t.pool, 'SELECT count(*) AS n FROM outbox.deliveries WHERE attempt = 1')) >= 10,
+    );
+    const stopping = outbox.stop();
+    release();
+    await stopping;
+    const s = await states(t, 'stop');
+    expect(s).toEqual({ done: 1, pending: 9 });
+    expect(
+      await count(
+        t.pool,
+        `SELECT count(*) AS n FROM outbox.message_deliveries WHERE subscription = 'stop' AND state = 'pending' AND attempt = 0 AND available_at <= now()`,
+      ),
+    ).toBe(9);
+  });
+});
