@@ -32,29 +32,43 @@ CREATE TABLE subscriptions (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per message x subscription. state is 'pending' until the delivery is acked ('done'), dead-lettered
--- ('dead') or cancelled. available_at is the due time: delivery time, retry backoff and lease expiry all move it.
--- attempt counts hand-outs and is the fencing token an ack must present.
+-- Live deliveries: one row per message x subscription until it is acked. state is 'pending' until the delivery is
+-- dead-lettered ('dead') or cancelled ('cancelled'); an ack moves the row to completed_deliveries, so this table
+-- holds only the work that is not finished and stays small however long the history grows. available_at is the
+-- due time: delivery time, retry backoff and lease expiry all move it. attempt counts hand-outs and is the fencing
+-- token every ack must present.
 CREATE TABLE deliveries (
   id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   subscription_id integer NOT NULL,
   message_id bigint NOT NULL,
   key text,
-  state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'dead', 'cancelled')),
+  state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead', 'cancelled')),
   attempt integer NOT NULL DEFAULT 0,
   available_at timestamptz NOT NULL,
   leased_until timestamptz,
   last_error text,
   created_at timestamptz NOT NULL DEFAULT now(),
   completed_at timestamptz
-);
--- The claim index: only pending rows, in due order, per subscription. Done rows leave it, so its size follows
--- the backlog, not the history.
+) WITH (fillfactor = 90);
+-- The claim index: pending rows only, in due order, per subscription.
 CREATE INDEX deliveries_due_idx ON deliveries (subscription_id, available_at, id) WHERE state = 'pending';
--- One delivery per message and subscription (the relay relies on it), and "where did message X go" for audits
--- and cancel().
+-- One live delivery per message and subscription, and "where did message X go" for audits and cancel().
 CREATE UNIQUE INDEX deliveries_message_idx ON deliveries (message_id, subscription_id);
 CREATE INDEX deliveries_dead_idx ON deliveries (subscription_id, id) WHERE state = 'dead';
+
+-- Acked deliveries, append-only: the audit trail of what was handled, when, after how many attempts.
+CREATE TABLE completed_deliveries (
+  id bigint NOT NULL,
+  subscription_id integer NOT NULL,
+  message_id bigint NOT NULL,
+  key text,
+  attempt integer NOT NULL,
+  last_error text,
+  created_at timestamptz NOT NULL,
+  completed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX completed_deliveries_message_idx ON completed_deliveries (message_id);
+CREATE INDEX completed_deliveries_completed_at_idx ON completed_deliveries USING brin (completed_at);
 
 -- Messages cancelled by outbox.cancel(): the relay does not fan them out and a claim drops their deliveries.
 CREATE TABLE cancellations (
@@ -102,7 +116,25 @@ SELECT
   d.completed_at
 FROM deliveries d
 JOIN subscriptions s ON s.id = d.subscription_id
-LEFT JOIN messages m ON m.id = d.message_id;
+LEFT JOIN messages m ON m.id = d.message_id
+UNION ALL
+SELECT
+  c.message_id,
+  m.topic,
+  m.key,
+  s.name AS subscription,
+  c.id AS delivery_id,
+  'done' AS state,
+  c.attempt,
+  c.last_error,
+  NULL::timestamptz AS available_at,
+  NULL::timestamptz AS leased_until,
+  m.created_at AS published_at,
+  c.created_at AS relayed_at,
+  c.completed_at
+FROM completed_deliveries c
+JOIN subscriptions s ON s.id = c.subscription_id
+LEFT JOIN messages m ON m.id = c.message_id;
 
 CREATE VIEW dead_letters AS
 SELECT
@@ -140,6 +172,7 @@ DROP VIEW IF EXISTS message_deliveries;
 DROP TABLE IF EXISTS relay_state;
 DROP TABLE IF EXISTS processed;
 DROP TABLE IF EXISTS cancellations;
+DROP TABLE IF EXISTS completed_deliveries;
 DROP TABLE IF EXISTS deliveries;
 DROP TABLE IF EXISTS subscriptions;
 DROP TABLE IF EXISTS messages;

@@ -93,6 +93,10 @@ export function createOutbox(options: OutboxOptions): Outbox {
   const listener = new Listener(pool, schema, config.logger, events);
   const consumers = new Map<string, Consumer>();
   let started = false;
+  // pg-pool emits an idle client's connection error on the pool; without a listener a Postgres restart would
+  // crash the process. The pool drops that client by itself, so logging is all that is needed. Attached while
+  // started, so many Outbox instances over one pool do not pile up listeners.
+  const onPoolError = (error: Error) => log.warn({ err: error }, 'idle pool connection lost');
 
   async function startConsumer(consumer: Consumer, name: string): Promise<void> {
     const id = await upsertSubscription(pgExecutor(pool), schema, name, consumer.filter);
@@ -177,6 +181,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       if (started) return;
       await assertMigrated();
       started = true;
+      pool.on('error', onPoolError);
       if (config.relay.enabled) relay.start();
       if (config.consumers && consumers.size > 0) {
         listener.start();
@@ -188,6 +193,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       started = false;
       await Promise.all([...consumers.values()].map((c) => c.stop(config.shutdownTimeoutMs)));
       await Promise.all([listener.stop(), relay.stop()]);
+      pool.off('error', onPoolError);
     },
     once(db, scope, key, fn) {
       assertKeyPart('scope', scope);

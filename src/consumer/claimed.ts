@@ -2,23 +2,45 @@ import type { ClaimedRow, Settlement } from '../sql/deliveries.js';
 import type { OutboxMessage } from '../types.js';
 import { errorText, failureOutcome, type RetryPolicy } from './retry-policy.js';
 
+/**
+ * The lease of one claim statement: every delivery it returned shares the same end. One timer and one
+ * AbortController per batch, not per delivery. The end is estimated from the Node clock at the moment the claim
+ * was sent, which is no later than the database's now() inside the claim, so the estimate errs early.
+ */
+export class Lease {
+  readonly controller = new AbortController();
+  readonly expiresAt: number;
+  private remaining: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(count: number, leaseMs: number, sentAt: number) {
+    this.remaining = count;
+    this.expiresAt = sentAt + leaseMs;
+    this.timer = setTimeout(
+      () => this.controller.abort(new Error(`lease of ${leaseMs} ms ran out`)),
+      Math.max(0, this.expiresAt - Date.now()),
+    );
+    this.timer.unref();
+  }
+
+  /** Called once per delivery of the batch when this consumer is done with it. */
+  finish(): void {
+    this.remaining -= 1;
+    if (this.remaining <= 0) clearTimeout(this.timer);
+  }
+}
+
 /** A delivery this consumer holds between claim and settlement. */
 export interface Claimed {
   message: OutboxMessage;
   attempt: number;
-  /** Aborted at lease end or on a forced stop. */
-  abort: AbortController;
-  leaseTimer: NodeJS.Timeout;
+  lease: Lease;
 }
 
-export function toClaimed(subscription: string, row: ClaimedRow, leaseMs: number): Claimed {
-  const abort = new AbortController();
-  const leaseTimer = setTimeout(() => abort.abort(new Error(`lease of ${leaseMs} ms ran out`)), leaseMs);
-  leaseTimer.unref();
+export function toClaimed(subscription: string, row: ClaimedRow, lease: Lease): Claimed {
   return {
     attempt: row.attempt,
-    abort,
-    leaseTimer,
+    lease,
     message: {
       id: row.message_id,
       deliveryId: row.delivery_id,

@@ -7,17 +7,17 @@ import type { ResolvedSubscribeOptions } from '../options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import {
   claimDeliveries,
-  lockClaimedDeliveries,
   releaseDeliveries,
   selectNextDueMs,
   settleDeliveries,
   type ClaimedRow,
   type Settlement,
 } from '../sql/deliveries.js';
-import { insertProcessedKey } from '../sql/processed.js';
-import type { Handler, LeaseContext, OnceResult, TransactionalContext } from '../types.js';
-import { doneSettlement, failedSettlement, fenceOf, toClaimed, type Claimed } from './claimed.js';
+import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
+import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
+import type { RetryPolicy } from './retry-policy.js';
 import { SettleBuffer } from './settle-buffer.js';
+import { runTransactionalLane } from './transactional-lane.js';
 
 export interface ConsumerConfig {
   name: string;
@@ -31,8 +31,14 @@ export interface ConsumerConfig {
 
 /** When due rows exist but other consumers hold them, wait this long before claiming again. */
 const BUSY_RETRY_MS = 2;
+/** Largest chunk one transactional-mode transaction handles. */
+const MAX_TRANSACTION_CHUNK = 100;
 
-/** One subscription's consumer in this process: claims, runs handlers with bounded concurrency, settles. */
+/**
+ * One subscription's consumer in this process. A claim loop keeps up to batchSize claimed deliveries queued ahead
+ * of the handlers (refilling at half), so claiming overlaps handling; at most `concurrency` handlers (lease mode)
+ * or transactions (transactional mode) run at once; lease-mode outcomes are written in batches.
+ */
 export class Consumer {
   readonly wakeup = new Wakeup();
   private subscriptionId = 0;
@@ -44,12 +50,14 @@ export class Consumer {
   private readonly lanes = new Set<Promise<void>>();
   private readonly settler: SettleBuffer;
   private readonly log: Logger;
+  private readonly policy: RetryPolicy;
 
   constructor(private readonly config: ConsumerConfig) {
     this.log = config.logger.child({ component: 'consumer', subscription: config.name });
+    this.policy = { maxAttempts: config.options.maxAttempts, ...config.options.retry };
     this.settler = new SettleBuffer(
       (items) => settleDeliveries(pgExecutor(config.pool), config.schema, items),
-      (items, settled) => this.afterSettle(items, settled),
+      (items, settled) => this.report(items, settled),
       this.log,
     );
   }
@@ -73,42 +81,45 @@ export class Consumer {
     await this.loopDone;
     this.loopDone = null;
     await this.release(this.queue.splice(0));
+    let timer: NodeJS.Timeout | undefined;
     const drained = await Promise.race([
       Promise.all(this.lanes).then(() => true),
-      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref()),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
     ]);
+    clearTimeout(timer);
     if (!drained) {
       this.log.warn(
         { inFlight: this.held.size },
         'stop timed out; unfinished deliveries return after their lease',
       );
-      for (const c of this.held.values()) c.abort.abort(new Error('consumer stopped'));
+      for (const c of this.held.values()) c.lease.controller.abort(new Error('consumer stopped'));
     }
     await this.settler.close();
   }
 
   private async loop(): Promise<void> {
-    const { batchSize, concurrency, pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
+    const { batchSize, pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
     while (!this.stopping) {
       try {
-        const room = batchSize - this.held.size;
-        if (room <= 0 || this.queue.length >= concurrency) {
+        if (this.queue.length > batchSize / 2) {
           this.waitingForRoom = true;
           await this.wakeup.wait(pollIntervalMs);
           this.waitingForRoom = false;
           continue;
         }
+        const limit = batchSize - this.queue.length;
+        const sentAt = Date.now();
         const rows = await claimDeliveries(exec, this.config.schema, {
           subscriptionId: this.subscriptionId,
-          limit: room,
+          limit,
           leaseMs,
           maxAttempts,
         });
         failures = 0;
-        this.accept(rows);
-        if (rows.length === room) continue;
+        if (rows.length > 0) this.accept(rows, new Lease(rows.length, leaseMs, sentAt));
+        if (rows.length === limit) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
         await this.wakeup.wait(
           Math.min(Math.max(nextDueMs ?? pollIntervalMs, BUSY_RETRY_MS), pollIntervalMs),
@@ -122,22 +133,14 @@ export class Consumer {
     }
   }
 
-  private accept(rows: ClaimedRow[]): void {
+  private accept(rows: ClaimedRow[], lease: Lease): void {
     for (const row of rows) {
-      if (row.state === 'dead') {
-        this.log.warn(
-          { deliveryId: row.delivery_id, attempt: row.attempt },
-          'delivery dead-lettered after lease expiry',
-        );
-        this.config.events.emit('delivery:dead', {
-          subscription: this.config.name,
-          deliveryId: row.delivery_id,
-          attempt: row.attempt,
-          error: 'lease expired at maxAttempts',
-        });
+      if (row.state !== 'pending') {
+        lease.finish();
+        if (row.state === 'dead') this.reportLeaseDeath(row);
+        continue;
       }
-      if (row.state !== 'pending') continue;
-      const claimed = toClaimed(this.config.name, row, this.config.options.leaseMs);
+      const claimed = toClaimed(this.config.name, row, lease);
       this.held.set(row.delivery_id, claimed);
       this.queue.push(claimed);
     }
@@ -147,21 +150,24 @@ export class Consumer {
   private pump(): void {
     const { concurrency, mode } = this.config.options;
     while (!this.stopping && this.queue.length > 0 && this.lanes.size < concurrency) {
-      const size = mode === 'lease' ? 1 : Math.ceil(this.queue.length / (concurrency - this.lanes.size));
+      const size =
+        mode === 'lease'
+          ? 1
+          : Math.min(MAX_TRANSACTION_CHUNK, Math.ceil(this.queue.length / (concurrency - this.lanes.size)));
       const chunk = this.queue.splice(0, size);
       const lane = mode === 'lease' ? this.runLease(chunk[0] as Claimed) : this.runTransactional(chunk);
       this.lanes.add(lane);
       void lane.finally(() => {
         this.lanes.delete(lane);
         this.pump();
-        if (this.waitingForRoom) this.wakeup.nudge();
+        if (this.waitingForRoom && this.queue.length <= this.config.options.batchSize / 2)
+          this.wakeup.nudge();
       });
     }
   }
 
   private forget(c: Claimed): void {
-    clearTimeout(c.leaseTimer);
-    this.held.delete(c.message.deliveryId);
+    if (this.held.delete(c.message.deliveryId)) c.lease.finish();
   }
 
   private async release(unstarted: Claimed[]): Promise<void> {
@@ -174,100 +180,59 @@ export class Consumer {
   }
 
   private async runLease(c: Claimed): Promise<void> {
+    // Its lease ran out while it waited in the queue: another consumer may hold it now.
+    if (Date.now() >= c.lease.expiresAt) return this.forget(c);
     const handler = this.config.handler as Handler<LeaseContext>;
     try {
-      await handler(c.message, { signal: c.abort.signal });
+      await handler(c.message, { signal: c.lease.controller.signal });
       this.settler.add(doneSettlement(c));
     } catch (error) {
-      this.settler.add(failedSettlement(c, error, this.policy()));
+      this.settler.add(failedSettlement(c, error, this.policy));
     }
   }
 
   private async runTransactional(chunk: Claimed[]): Promise<void> {
-    const { pool, schema } = this.config;
-    let client: pg.PoolClient | null = null;
-    let broken = false;
-    const onError = (error: Error) => {
-      broken = true;
-      this.log.warn({ err: error }, 'handler transaction connection error');
-    };
     try {
-      client = await pool.connect();
-      client.on('error', onError);
-      const exec = pgExecutor(client);
-      await client.query('BEGIN');
-      const locked = await lockClaimedDeliveries(exec, schema, chunk.map(fenceOf));
-      const settlements: Settlement[] = [];
-      const unstarted: Claimed[] = [];
-      for (const c of chunk) {
-        if (!locked.has(c.message.deliveryId)) continue; // lease lost to another consumer: not ours any more
-        if (this.stopping) unstarted.push(c);
-        else settlements.push(await this.handleInSavepoint(client, c));
-      }
-      if (unstarted.length > 0) await releaseDeliveries(exec, schema, unstarted.map(fenceOf));
-      const settled =
-        settlements.length > 0 ? await settleDeliveries(exec, schema, settlements) : new Set<string>();
-      await client.query('COMMIT');
-      this.report(settlements, settled);
+      const result = await runTransactionalLane(
+        {
+          pool: this.config.pool,
+          schema: this.config.schema,
+          subscription: this.config.name,
+          handler: this.config.handler,
+          policy: this.policy,
+          log: this.log,
+          isStopping: () => this.stopping,
+        },
+        chunk,
+      );
+      this.report(result.settlements, result.settled);
     } catch (error) {
-      broken = true;
-      await client?.query('ROLLBACK').catch(() => undefined);
       this.log.error(
         { err: error, count: chunk.length },
         'handler transaction failed; deliveries return after their lease',
       );
       this.config.events.emit('error', error, { component: `consumer:${this.config.name}` });
     } finally {
-      client?.off('error', onError);
-      client?.release(broken);
       chunk.forEach((c) => this.forget(c));
     }
   }
 
-  private async handleInSavepoint(client: pg.PoolClient, c: Claimed): Promise<Settlement> {
-    const handler = this.config.handler as Handler<TransactionalContext>;
-    const ctx: TransactionalContext = {
-      tx: client,
-      signal: c.abort.signal,
-      once: <T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>) =>
-        this.once(client, key ?? c.message.id, fn),
-    };
-    await client.query('SAVEPOINT pg_outbox_delivery');
-    try {
-      await handler(c.message, ctx);
-      await client.query('RELEASE SAVEPOINT pg_outbox_delivery');
-      return doneSettlement(c);
-    } catch (error) {
-      await client.query('ROLLBACK TO SAVEPOINT pg_outbox_delivery');
-      return failedSettlement(c, error, this.policy());
-    }
-  }
-
-  private async once<T>(client: pg.PoolClient, key: string, fn: (tx: pg.PoolClient) => Promise<T>) {
-    const fresh = await insertProcessedKey(pgExecutor(client), this.config.schema, this.config.name, key);
-    if (!fresh) return { duplicate: true } satisfies OnceResult<T>;
-    return { duplicate: false, result: await fn(client) } satisfies OnceResult<T>;
-  }
-
-  private policy() {
-    const { maxAttempts, retry } = this.config.options;
-    return { maxAttempts, ...retry };
-  }
-
-  private afterSettle(items: Settlement[], settled: Set<string>): void {
-    for (const item of items) {
-      const c = this.held.get(item.deliveryId);
-      if (c !== undefined) this.forget(c);
-    }
-    this.report(items, settled);
+  private reportLeaseDeath(row: ClaimedRow): void {
+    const info = { subscription: this.config.name, deliveryId: row.delivery_id, attempt: row.attempt };
+    this.log.warn(info, 'delivery dead-lettered: its last lease expired at maxAttempts');
+    this.config.events.emit('delivery:dead', { ...info, error: 'lease expired at maxAttempts' });
   }
 
   private report(items: Settlement[], settled: Set<string>): void {
+    let retried = false;
     for (const item of items) {
+      const c = this.held.get(item.deliveryId);
+      if (c !== undefined) this.forget(c);
       const info = { subscription: this.config.name, deliveryId: item.deliveryId, attempt: item.attempt };
       if (!settled.has(item.deliveryId)) {
         this.log.warn(info, 'outcome not recorded: the lease had expired and the delivery was claimed again');
       } else if (item.outcome === 'retry') {
+        retried = true;
         this.log.info({ ...info, delayMs: item.delayMs }, 'delivery failed; retry scheduled');
         this.config.events.emit('delivery:retry', { ...info, delayMs: item.delayMs });
       } else if (item.outcome === 'dead') {
@@ -276,7 +241,6 @@ export class Consumer {
       }
     }
     // A retry changes the next due time, which the claim loop may have read just before this write.
-    const retried = items.some((i) => i.outcome === 'retry' && settled.has(i.deliveryId));
-    if (this.waitingForRoom || retried) this.wakeup.nudge();
+    if (retried) this.wakeup.nudge();
   }
 }

@@ -97,10 +97,13 @@ export interface Settlement {
 }
 
 /**
- * Records handler outcomes in one statement: ack, retry at now() + delay, or dead letter.
+ * Records handler outcomes in one statement. An ack moves the row from deliveries to the append-only
+ * completed_deliveries (a DELETE and an INSERT: no new index entries in the hot table, which keeps only unfinished
+ * work); a failure schedules the retry at now() + delay, or dead-letters the row.
  * Fencing: only rows still on the attempt this consumer claimed change. A delivery whose lease expired and that
  * another consumer claimed again has a higher attempt, so a late ack or failure from the first consumer is a
- * no-op. Returns the ids that were settled.
+ * no-op. The row lock each DELETE/UPDATE takes waits for a concurrent claim of the same row to commit and then
+ * re-checks the attempt. Returns the ids that were settled.
  */
 export async function settleDeliveries(
   exec: Executor,
@@ -108,19 +111,43 @@ export async function settleDeliveries(
   items: Settlement[],
 ): Promise<Set<string>> {
   const rows = await exec.query<{ id: string }>(
-    `UPDATE ${s.quoted}.deliveries d
-     SET state = CASE f.outcome WHEN 'done' THEN 'done' WHEN 'dead' THEN 'dead' ELSE 'pending' END,
-         available_at = CASE WHEN f.outcome = 'retry'
-                             THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
-         leased_until = NULL,
-         last_error = coalesce(f.error, d.last_error),
-         completed_at = CASE WHEN f.outcome = 'retry' THEN NULL ELSE now() END
-     FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
-       AS f(id, attempt, outcome, delay_ms, error)
-     WHERE d.id = f.id
-       AND d.attempt = f.attempt
-       AND d.state = 'pending'
-     RETURNING d.id`,
+    `WITH f AS (
+       SELECT *
+       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
+         AS f(id, attempt, outcome, delay_ms, error)
+     ),
+     acked AS (
+       DELETE FROM ${s.quoted}.deliveries d
+       USING f
+       WHERE d.id = f.id
+         AND d.attempt = f.attempt
+         AND d.state = 'pending'
+         AND f.outcome = 'done'
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at
+     ),
+     logged AS (
+       INSERT INTO ${s.quoted}.completed_deliveries (id, subscription_id, message_id, key, attempt, last_error, created_at)
+       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at
+       FROM acked
+     ),
+     failed AS (
+       UPDATE ${s.quoted}.deliveries d
+       SET state = CASE f.outcome WHEN 'dead' THEN 'dead' ELSE 'pending' END,
+           available_at = CASE WHEN f.outcome = 'retry'
+                               THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
+           leased_until = NULL,
+           last_error = f.error,
+           completed_at = CASE WHEN f.outcome = 'dead' THEN now() END
+       FROM f
+       WHERE d.id = f.id
+         AND d.attempt = f.attempt
+         AND d.state = 'pending'
+         AND f.outcome <> 'done'
+       RETURNING d.id
+     )
+     SELECT id FROM acked
+     UNION ALL
+     SELECT id FROM failed`,
     [
       items.map((i) => i.deliveryId),
       items.map((i) => i.attempt),

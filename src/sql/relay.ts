@@ -55,7 +55,7 @@ export interface RelayBatchResult {
  *
  * When the batch is smaller than the limit the window is finished: done := target. Otherwise the position moves
  * to the last message and the same target is kept for the next batch. Nothing is written when the batch is
- * empty. The deliveries_message_idx unique index forbids a second delivery of a message to a subscription.
+ * empty. The version check makes a second relay that read the same state roll back instead of relaying twice.
  * pg_notify runs once per subscription that received rows and is delivered at commit.
  */
 export async function relayBatch(
