@@ -1,12 +1,18 @@
 import type { Executor } from './db/executor.js';
 import type { SchemaName } from './db/identifiers.js';
 import { OutboxError } from './errors.js';
+import { assertKnownKeys } from './options.js';
 import { notifySubscription, requeueDeadLetters, selectDeadLetters } from './sql/dead-letters.js';
 import { selectRelayBacklog } from './sql/relay.js';
 import { selectSubscriptionStatus } from './sql/status.js';
 import { selectSubscriptionId } from './sql/subscriptions.js';
 import { assertSubscriptionName } from './topics.js';
 import type { DeadLetter, OutboxStatus } from './types.js';
+
+/** A bigint id as text: what Postgres's bigint accepts, checked before it gets there. */
+export function isId(value: unknown): boolean {
+  return typeof value === 'string' && /^[1-9]\d{0,18}$/.test(value) && BigInt(value) <= 9223372036854775807n;
+}
 
 export async function subscriptionIdOf(exec: Executor, s: SchemaName, name: string): Promise<number> {
   assertSubscriptionName(name);
@@ -36,13 +42,19 @@ export async function listDeadLetters(
   name: string,
   query: DeadLetterQuery = {},
 ): Promise<DeadLetter[]> {
-  const subscriptionId = await subscriptionIdOf(exec, s, name);
+  assertKnownKeys('deadLetters', query, ['limit', 'after']);
+  if (query.after !== undefined && !isId(query.after)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', '`after` must be a delivery id (a positive integer)', {
+      value: query.after,
+    });
+  }
   const limit = query.limit ?? 100;
   if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'limit must be an integer from 1 to 10000', {
       value: limit,
     });
   }
+  const subscriptionId = await subscriptionIdOf(exec, s, name);
   const rows = await selectDeadLetters(exec, s, { subscriptionId, limit, afterId: query.after ?? '0' });
   return rows.map((r) => ({
     deliveryId: r.delivery_id,
@@ -64,13 +76,19 @@ export async function replayDeadLetters(
   name: string,
   options: { ids?: readonly (string | number | bigint)[] } = {},
 ): Promise<{ replayed: number }> {
-  const subscriptionId = await subscriptionIdOf(exec, s, name);
+  assertKnownKeys('replay', options, ['ids']);
+  if (options.ids !== undefined && !Array.isArray(options.ids)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay ids must be an array of delivery ids', {
+      value: options.ids,
+    });
+  }
   const ids = options.ids === undefined ? null : options.ids.map((id) => String(id));
-  if (ids !== null && !ids.every((id) => /^\d{1,19}$/.test(id))) {
+  if (ids !== null && !ids.every(isId)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay ids must be delivery ids (positive integers)', {
       value: options.ids,
     });
   }
+  const subscriptionId = await subscriptionIdOf(exec, s, name);
   const replayed = await requeueDeadLetters(exec, s, { subscriptionId, ids });
   if (replayed > 0) await notifySubscription(exec, s, subscriptionId);
   return { replayed };

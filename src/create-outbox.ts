@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { listDeadLetters, readStatus, replayDeadLetters, type DeadLetterQuery } from './admin.js';
+import { isId, listDeadLetters, readStatus, replayDeadLetters, type DeadLetterQuery } from './admin.js';
 import { Consumer } from './consumer/consumer.js';
 import {
   pgExecutor,
@@ -11,7 +11,7 @@ import {
 import { OutboxError } from './errors.js';
 import { OutboxEmitter, type EventName, type Listener as EventListener } from './events.js';
 import { migrate } from './migrate.js';
-import { resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
+import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
 import { publish, publishMany } from './producer/publish.js';
 import { createRelay } from './relay/relay.js';
 import { Listener } from './runtime/listener.js';
@@ -71,14 +71,18 @@ export interface Outbox {
   readonly logger: Logger;
 }
 
+/** Scope and key share one btree entry (at most ~2,700 bytes), and text cannot hold NUL. */
 function assertKeyPart(name: string, value: unknown): asserts value is string {
-  if (typeof value !== 'string' || value.length === 0 || value.length > 1024) {
+  if (
+    typeof value !== 'string' ||
+    value.length === 0 ||
+    Buffer.byteLength(value) > 1024 ||
+    value.includes('\0')
+  ) {
     throw new OutboxError(
       'OUTBOX_INVALID_OPTION',
-      `${name} must be a non-empty string of at most 1024 characters`,
-      {
-        value,
-      },
+      `${name} must be a non-empty string of at most 1024 bytes (UTF-8), without NUL characters`,
+      { value },
     );
   }
 }
@@ -125,7 +129,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     publishMany: (db, messages) => publishMany(producer, db, messages),
     async cancel(db, messageId) {
       const id = String(messageId);
-      if (!/^\d{1,19}$/.test(id)) {
+      if (!isId(id)) {
         throw new OutboxError('OUTBOX_INVALID_OPTION', 'cancel needs a message id (a positive integer)', {
           value: id,
         });
@@ -136,7 +140,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
     async declareSubscription(name, opts) {
       assertSubscriptionName(name);
-      await upsertSubscription(pgExecutor(pool), schema, name, topicFilter(opts?.topics));
+      assertKnownKeys('declareSubscription', opts, ['topics']);
+      await upsertSubscription(pgExecutor(pool), schema, name, topicFilter(opts.topics));
     },
     subscribe(
       name: string,

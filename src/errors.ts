@@ -15,7 +15,8 @@ export type OutboxErrorCode =
   | 'OUTBOX_DUPLICATE_SUBSCRIBER'
   | 'OUTBOX_NOT_SUPPORTED'
   | 'OUTBOX_MIGRATION_FAILED'
-  | 'OUTBOX_NOT_MIGRATED';
+  | 'OUTBOX_NOT_MIGRATED'
+  | 'OUTBOX_DEDUP_CONFLICT';
 
 export class OutboxError extends Error {
   override readonly name = 'OutboxError';

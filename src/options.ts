@@ -54,7 +54,10 @@ export interface ResolvedSubscribeOptions {
   retry: { minDelayMs: number; maxDelayMs: number };
 }
 
-function assertKnownKeys(where: string, value: object, known: readonly string[]): void {
+export function assertKnownKeys(where: string, value: unknown, known: readonly string[]): void {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', `${where} options must be an object`, { value });
+  }
   for (const key of Object.keys(value)) {
     if (!known.includes(key)) {
       throw new OutboxError(
@@ -97,6 +100,12 @@ function objectOrEmpty(name: string, value: unknown): Record<string, unknown> {
 const DAY_MS = 86_400_000;
 
 export function resolveOptions(options: OutboxOptions): ResolvedOptions {
+  if (options === undefined || options === null) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'createOutbox needs options: { pool, schema?, logger?, ... }',
+    );
+  }
   const o = objectOrEmpty('createOutbox', options);
   assertKnownKeys('createOutbox', o, [
     'pool',
@@ -173,7 +182,13 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     pollIntervalMs: integer('pollIntervalMs', o.pollIntervalMs, 1000, 5, 600_000),
     retry: {
       minDelayMs,
-      maxDelayMs: integer('retry.maxDelayMs', retry.maxDelayMs, 3_600_000, minDelayMs, 30 * DAY_MS),
+      maxDelayMs: integer(
+        'retry.maxDelayMs',
+        retry.maxDelayMs,
+        Math.max(3_600_000, minDelayMs),
+        minDelayMs,
+        30 * DAY_MS,
+      ),
     },
   };
 }

@@ -54,9 +54,11 @@ export function pgExecutor(client: pg.Pool | pg.ClientBase): Executor {
 }
 
 function kyselyExecutor(db: AnyKysely): Executor {
+  // Result plugins (CamelCasePlugin, ...) would rename our columns; our statements read raw rows.
+  const raw = db.withoutPlugins();
   return {
     async query<R>(text: string, params: readonly unknown[] = []) {
-      const result = await db.executeQuery<R>(CompiledQuery.raw(text, [...params]));
+      const result = await raw.executeQuery<R>(CompiledQuery.raw(text, [...params]));
       return [...result.rows];
     },
   };

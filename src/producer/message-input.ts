@@ -3,6 +3,9 @@ import { assertTopic } from '../topics.js';
 import type { PublishOptions } from '../types.js';
 
 const MAX_KEY_LENGTH = 512;
+// timestamptz reaches further, but these bounds keep every Date Postgres can store and reject typos.
+const MIN_DELIVER_AT = Date.parse('0001-01-01T00:00:00Z');
+const MAX_DELIVER_AT = Date.parse('9999-12-31T23:59:59.999Z');
 const PUBLISH_OPTIONS = new Set(['key', 'headers', 'deliverAt', 'delayMs', 'dedupKey']);
 
 /** A message checked and serialised, ready to insert. */
@@ -33,12 +36,15 @@ function toJson(value: unknown, what: string): string {
   if (json === undefined) {
     throw new OutboxError('OUTBOX_INVALID_PAYLOAD', `${what} is not JSON-serialisable (got ${typeof value})`);
   }
-  // jsonb rejects the NUL character; fail here rather than with a Postgres error mid-transaction.
-  if (json.includes('\\u0000')) {
-    throw new OutboxError(
-      'OUTBOX_INVALID_PAYLOAD',
-      `${what} contains a NUL character (\\u0000), which jsonb cannot store`,
-    );
+  // JSON.stringify writes \u escapes only for control characters and lone surrogates. jsonb rejects two kinds,
+  // NUL (\u0000) and lone surrogates (\ud800-\udfff): fail here rather than abort the caller's transaction. An
+  // escape is real only after an even number of backslashes: "\\u0000" is a backslash and the text u0000.
+  const escape = json.includes('\\u')
+    ? /(?:^|[^\\])(?:\\\\)*\\u(0000|d[89a-f][0-9a-f]{2})/i.exec(json)
+    : null;
+  if (escape !== null) {
+    const problem = escape[1] === '0000' ? 'a NUL character (\\u0000)' : 'a lone UTF-16 surrogate';
+    throw new OutboxError('OUTBOX_INVALID_PAYLOAD', `${what} contains ${problem}, which jsonb cannot store`);
   }
   return json;
 }
@@ -81,8 +87,11 @@ function due(options: PublishOptions): { deliverAt: Date | null; delayMs: number
   if (deliverAt !== undefined && delayMs !== undefined) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'Pass either deliverAt or delayMs, not both');
   }
-  if (deliverAt !== undefined && !(deliverAt instanceof Date && Number.isFinite(deliverAt.getTime()))) {
-    throw new OutboxError('OUTBOX_INVALID_OPTION', 'deliverAt must be a valid Date', { value: deliverAt });
+  const time = deliverAt instanceof Date ? deliverAt.getTime() : NaN;
+  if (deliverAt !== undefined && !(time >= MIN_DELIVER_AT && time <= MAX_DELIVER_AT)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'deliverAt must be a valid Date from the year 1 to 9999', {
+      value: deliverAt,
+    });
   }
   if (delayMs !== undefined && !(Number.isSafeInteger(delayMs) && delayMs >= 0)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'delayMs must be an integer >= 0', { value: delayMs });

@@ -10,6 +10,16 @@ export interface ProducerConfig {
   maxPayloadBytes: number;
 }
 
+/** Rounds of "insert, conflict, the other writer rolled back" before giving up. */
+const MAX_DEDUP_ROUNDS = 5;
+
+function dedupRace(): OutboxError {
+  return new OutboxError(
+    'OUTBOX_DEDUP_CONFLICT',
+    `publish kept conflicting on dedupKey with writers that rolled back (${MAX_DEDUP_ROUNDS} rounds); retry the call`,
+  );
+}
+
 const dedupId = (topic: string, dedupKey: string) => `${topic}\u0000${dedupKey}`;
 
 /**
@@ -32,7 +42,7 @@ export async function publish(
 ): Promise<PublishResult> {
   const row = messageRow(topic, payload, options, config.maxPayloadBytes);
   const exec = toExecutor(db);
-  for (;;) {
+  for (let round = 1; round <= MAX_DEDUP_ROUNDS; round++) {
     const id = await insertMessage(exec, config.schema, row);
     if (id !== null) return { id, duplicate: false };
     const existing = (await existingIds(exec, config.schema, [row])).get(
@@ -40,6 +50,7 @@ export async function publish(
     );
     if (existing !== undefined) return { id: existing, duplicate: true };
   }
+  throw dedupRace();
 }
 
 export async function publishMany(
@@ -76,7 +87,8 @@ export async function publishMany(
   });
   const results = new Map<MessageRow, PublishResult>();
   let pending = rows.filter((_, i) => firstIndex[i] === i);
-  while (pending.length > 0) {
+  for (let round = 1; pending.length > 0; round++) {
+    if (round > MAX_DEDUP_ROUNDS) throw dedupRace();
     const inserted = await insertMessages(exec, config.schema, pending);
     const byKey = new Map(inserted.map((r) => [dedupId(r.topic, r.dedup_key ?? ''), r.id]));
     // Rows without a dedupKey are always inserted, and identity ids ascend in input order.
