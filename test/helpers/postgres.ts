@@ -26,7 +26,10 @@ export interface PostgresServer {
 export interface TestDatabase {
   url: string;
   name: string;
-  /** Terminates the database's connections and drops it; safe to call twice. */
+  /**
+   * Drops the database once its connections have closed, terminating any still open after
+   * 2 s; safe to call twice.
+   */
   drop: () => Promise<void>;
 }
 
@@ -53,6 +56,7 @@ export interface EmbeddedPostgres {
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 30_000;
 const DOCKER_PING_TIMEOUT_MS = 1_000;
+const DROP_GRACE_MS = 2_000;
 const LOG_TAIL_CHARS = 8_192;
 
 /**
@@ -81,8 +85,9 @@ export async function startPostgres(): Promise<PostgresServer> {
 }
 
 /**
- * Asks the Docker engine for /_ping with a short deadline, because testcontainers on a
- * machine without an engine spends a long time probing strategies and logs each failure.
+ * Asks the Docker engine for /_ping ourselves: testcontainers throws when there is none
+ * ("Could not find a working container runtime strategy") rather than letting us fall back,
+ * and the short deadline keeps a socket whose daemon is gone from stalling the run.
  */
 export async function isDockerAvailable(timeoutMs = DOCKER_PING_TIMEOUT_MS): Promise<boolean> {
   const dockerHost = process.env['DOCKER_HOST'];
@@ -128,13 +133,31 @@ export async function createTestDatabase(baseUrl: string): Promise<TestDatabase>
   return {
     url: url.toString(),
     name,
-    // WITH (FORCE) terminates the remaining connections itself (PostgreSQL 13+), so a test
-    // that leaked a pool cannot make the drop fail.
     drop: () =>
-      withClient(baseUrl, (client) =>
-        client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`),
-      ),
+      withClient(baseUrl, async (client) => {
+        await waitForConnectionsToClose(client, name);
+        // WITH (FORCE) (PostgreSQL 13+) terminates what is left, so a leaked pool cannot make
+        // the drop fail.
+        await client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`);
+      }),
   };
+}
+
+/**
+ * pg.Pool#end() resolves before its sockets have closed, so right after `await pool.end()`
+ * the backends are still exiting. Terminating them then makes the pool emit 'error' with no
+ * listener left, an uncaught exception in the test file; waiting a moment avoids that.
+ */
+async function waitForConnectionsToClose(client: pg.Client, database: string): Promise<void> {
+  const deadline = Date.now() + DROP_GRACE_MS;
+  while (Date.now() < deadline) {
+    const { rows } = await client.query<{ n: number }>(
+      'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1',
+      [database],
+    );
+    if (rows[0]?.n === 0) return;
+    await delay(10);
+  }
 }
 
 async function withClient(url: string, use: (client: pg.Client) => Promise<unknown>): Promise<void> {
