@@ -18,6 +18,7 @@ import { Listener } from './runtime/listener.js';
 import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';
+import { assertKeyPart } from './idempotency-key.js';
 import { selectRelayStateExists } from './sql/schema.js';
 import { upsertSubscription } from './sql/subscriptions.js';
 import { assertSubscriptionName, topicFilter } from './topics.js';
@@ -69,22 +70,6 @@ export interface Outbox {
   off<E extends EventName>(event: E, listener: EventListener<E>): void;
   /** The pino logger in use. */
   readonly logger: Logger;
-}
-
-/** Scope and key share one btree entry (at most ~2,700 bytes), and text cannot hold NUL. */
-function assertKeyPart(name: string, value: unknown): asserts value is string {
-  if (
-    typeof value !== 'string' ||
-    value.length === 0 ||
-    Buffer.byteLength(value) > 1024 ||
-    value.includes('\0')
-  ) {
-    throw new OutboxError(
-      'OUTBOX_INVALID_OPTION',
-      `${name} must be a non-empty string of at most 1024 bytes (UTF-8), without NUL characters`,
-      { value },
-    );
-  }
 }
 
 export function createOutbox(options: OutboxOptions): Outbox {

@@ -46,7 +46,7 @@ export interface OutboxMessage<Payload = unknown> {
 export type SubscriptionMode = 'lease' | 'transactional';
 
 export interface RetryOptions {
-  /** Backoff before the second attempt; doubles each attempt, with full jitter. @defaultValue 1000 */
+  /** Backoff ceiling before the second attempt; doubles each attempt; the delay is drawn from its upper half. @defaultValue 1000 */
   minDelayMs?: number;
   /** Upper bound of the backoff. @defaultValue 3_600_000 (1 hour) */
   maxDelayMs?: number;

@@ -2,31 +2,37 @@ import type { ClaimedRow, Settlement } from '../sql/deliveries.js';
 import type { OutboxMessage } from '../types.js';
 import { errorText, failureOutcome, type RetryPolicy } from './retry-policy.js';
 
+/** Share of the lease after which deliveries still waiting in the local queue are given back. */
+const GIVE_BACK_AT = 0.9;
+
 /**
- * The lease of one claim statement: every delivery it returned shares the same end. One timer and one
+ * The lease of one claim statement: every delivery it returned shares the same end. Two timers and one
  * AbortController per batch, not per delivery. The end is estimated from the Node clock at the moment the claim
  * was sent, which is no later than the database's now() inside the claim, so the estimate errs early.
+ * Shortly before the end, `onExpiring` gives back what was never started, so another consumer can take it
+ * without the hand-out counting as an attempt; at the end the handlers' signal aborts.
  */
 export class Lease {
   readonly controller = new AbortController();
   readonly expiresAt: number;
   private remaining: number;
-  private readonly timer: NodeJS.Timeout;
+  private readonly timers: NodeJS.Timeout[];
 
-  constructor(count: number, leaseMs: number, sentAt: number) {
+  constructor(count: number, leaseMs: number, sentAt: number, onExpiring: (lease: Lease) => void) {
     this.remaining = count;
     this.expiresAt = sentAt + leaseMs;
-    this.timer = setTimeout(
-      () => this.controller.abort(new Error(`lease of ${leaseMs} ms ran out`)),
-      Math.max(0, this.expiresAt - Date.now()),
-    );
-    this.timer.unref();
+    const left = Math.max(0, this.expiresAt - Date.now());
+    this.timers = [
+      setTimeout(() => onExpiring(this), Math.max(0, left - leaseMs * (1 - GIVE_BACK_AT))),
+      setTimeout(() => this.controller.abort(new Error(`lease of ${leaseMs} ms ran out`)), left),
+    ];
+    this.timers.forEach((t) => t.unref());
   }
 
   /** Called once per delivery of the batch when this consumer is done with it. */
   finish(): void {
     this.remaining -= 1;
-    if (this.remaining <= 0) clearTimeout(this.timer);
+    if (this.remaining <= 0) this.timers.forEach((t) => clearTimeout(t));
   }
 }
 

@@ -35,9 +35,11 @@ const BUSY_RETRY_MS = 2;
 const MAX_TRANSACTION_CHUNK = 100;
 
 /**
- * One subscription's consumer in this process. A claim loop keeps up to batchSize claimed deliveries queued ahead
- * of the handlers (refilling at half), so claiming overlaps handling; at most `concurrency` handlers (lease mode)
- * or transactions (transactional mode) run at once; lease-mode outcomes are written in batches.
+ * One subscription's consumer in this process. At most `concurrency` handlers (lease mode) or transactions
+ * (transactional mode) run at once, and the consumer holds at most batchSize deliveries, running or queued. The
+ * claim loop claims only while a handler slot is free, and refills the local queue before it runs dry (at half
+ * of batchSize), so claiming overlaps handling without taking work that a busy consumer cannot start: what waits
+ * in the queue too long is given back before its lease ends. Lease-mode outcomes are written in batches.
  */
 export class Consumer {
   readonly wakeup = new Wakeup();
@@ -48,6 +50,8 @@ export class Consumer {
   private readonly queue: Claimed[] = [];
   private readonly held = new Map<string, Claimed>();
   private readonly lanes = new Set<Promise<void>>();
+  /** Deliveries inside running lanes. */
+  private active = 0;
   private readonly settler: SettleBuffer;
   private readonly log: Logger;
   private readonly policy: RetryPolicy;
@@ -98,18 +102,18 @@ export class Consumer {
   }
 
   private async loop(): Promise<void> {
-    const { batchSize, pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
+    const { batchSize, concurrency, pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
     while (!this.stopping) {
       try {
-        if (this.queue.length > batchSize / 2) {
+        const limit = batchSize - this.queue.length - this.active;
+        if (this.lanes.size >= concurrency || this.queue.length > batchSize / 2 || limit <= 0) {
           this.waitingForRoom = true;
           await this.wakeup.wait(pollIntervalMs);
           this.waitingForRoom = false;
           continue;
         }
-        const limit = batchSize - this.queue.length;
         const sentAt = Date.now();
         const rows = await claimDeliveries(exec, this.config.schema, {
           subscriptionId: this.subscriptionId,
@@ -118,7 +122,8 @@ export class Consumer {
           maxAttempts,
         });
         failures = 0;
-        if (rows.length > 0) this.accept(rows, new Lease(rows.length, leaseMs, sentAt));
+        if (rows.length > 0)
+          this.accept(rows, new Lease(rows.length, leaseMs, sentAt, (l) => this.giveBack(l)));
         if (rows.length === limit) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
         await this.wakeup.wait(
@@ -156,18 +161,31 @@ export class Consumer {
           : Math.min(MAX_TRANSACTION_CHUNK, Math.ceil(this.queue.length / (concurrency - this.lanes.size)));
       const chunk = this.queue.splice(0, size);
       const lane = mode === 'lease' ? this.runLease(chunk[0] as Claimed) : this.runTransactional(chunk);
+      this.active += chunk.length;
       this.lanes.add(lane);
       void lane.finally(() => {
+        this.active -= chunk.length;
         this.lanes.delete(lane);
         this.pump();
-        if (this.waitingForRoom && this.queue.length <= this.config.options.batchSize / 2)
-          this.wakeup.nudge();
+        if (this.waitingForRoom) this.wakeup.nudge();
       });
     }
   }
 
   private forget(c: Claimed): void {
-    if (this.held.delete(c.message.deliveryId)) c.lease.finish();
+    // The same delivery can be held twice: claimed again after its lease ran out while this copy waited.
+    if (this.held.get(c.message.deliveryId) !== c) return;
+    this.held.delete(c.message.deliveryId);
+    c.lease.finish();
+  }
+
+  /** Gives back the deliveries of a nearly expired lease that are still waiting in the queue. */
+  private giveBack(lease: Lease): void {
+    const stale = this.queue.filter((c) => c.lease === lease);
+    if (stale.length === 0) return;
+    this.queue.splice(0, this.queue.length, ...this.queue.filter((c) => c.lease !== lease));
+    this.log.debug({ count: stale.length }, 'giving back queued deliveries before their lease ends');
+    void this.release(stale);
   }
 
   private async release(unstarted: Claimed[]): Promise<void> {
@@ -180,8 +198,8 @@ export class Consumer {
   }
 
   private async runLease(c: Claimed): Promise<void> {
-    // Its lease ran out while it waited in the queue: another consumer may hold it now.
-    if (Date.now() >= c.lease.expiresAt) return this.forget(c);
+    // Its lease ran out while it waited in the queue: give it back (a no-op if another consumer holds it now).
+    if (Date.now() >= c.lease.expiresAt) return this.release([c]);
     const handler = this.config.handler as Handler<LeaseContext>;
     try {
       await handler(c.message, { signal: c.lease.controller.signal });

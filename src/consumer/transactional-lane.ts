@@ -8,6 +8,7 @@ import {
   settleDeliveries,
   type Settlement,
 } from '../sql/deliveries.js';
+import { assertKeyPart } from '../idempotency-key.js';
 import { insertProcessedKey } from '../sql/processed.js';
 import type { Handler, OnceResult, TransactionalContext } from '../types.js';
 import { doneSettlement, failedSettlement, fenceOf, type Claimed } from './claimed.js';
@@ -124,6 +125,7 @@ function context(config: LaneConfig, client: pg.PoolClient, c: Claimed): Transac
     tx: client,
     signal: c.lease.controller.signal,
     async once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>> {
+      if (key !== undefined) assertKeyPart('ctx.once key', key);
       const fresh = await insertProcessedKey(
         pgExecutor(client),
         config.schema,

@@ -19,22 +19,22 @@ export interface MessageRow {
   dedupKey: string | null;
 }
 
-function toJson(value: unknown, what: string): string {
+function toJson(
+  value: unknown,
+  what: string,
+  code: 'OUTBOX_INVALID_PAYLOAD' | 'OUTBOX_INVALID_HEADERS' = 'OUTBOX_INVALID_PAYLOAD',
+): string {
   let json: string | undefined;
   try {
     json = JSON.stringify(value);
   } catch (error) {
     // BigInt values and cycles end here.
-    throw new OutboxError(
-      'OUTBOX_INVALID_PAYLOAD',
-      `${what} is not JSON-serialisable: ${(error as Error).message}`,
-      {
-        cause: error,
-      },
-    );
+    throw new OutboxError(code, `${what} is not JSON-serialisable: ${(error as Error).message}`, {
+      cause: error,
+    });
   }
   if (json === undefined) {
-    throw new OutboxError('OUTBOX_INVALID_PAYLOAD', `${what} is not JSON-serialisable (got ${typeof value})`);
+    throw new OutboxError(code, `${what} is not JSON-serialisable (got ${typeof value})`);
   }
   // JSON.stringify writes \u escapes only for control characters and lone surrogates. jsonb rejects two kinds,
   // NUL (\u0000) and lone surrogates (\ud800-\udfff): fail here rather than abort the caller's transaction. An
@@ -44,7 +44,7 @@ function toJson(value: unknown, what: string): string {
     : null;
   if (escape !== null) {
     const problem = escape[1] === '0000' ? 'a NUL character (\\u0000)' : 'a lone UTF-16 surrogate';
-    throw new OutboxError('OUTBOX_INVALID_PAYLOAD', `${what} contains ${problem}, which jsonb cannot store`);
+    throw new OutboxError(code, `${what} contains ${problem}, which jsonb cannot store`);
   }
   return json;
 }
@@ -79,7 +79,7 @@ function headersJson(headers: unknown): string {
       value: headers,
     });
   }
-  return toJson(headers, 'headers');
+  return toJson(headers, 'headers', 'OUTBOX_INVALID_HEADERS');
 }
 
 function due(options: PublishOptions): { deliverAt: Date | null; delayMs: number | null } {

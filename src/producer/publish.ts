@@ -1,6 +1,7 @@
 import { toExecutor, type Executor, type Queryable } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import { OutboxError } from '../errors.js';
+import { isUndefinedTableOrSchema } from '../db/pg-errors.js';
 import { insertMessage, insertMessages, selectDedupIds } from '../sql/messages.js';
 import type { PublishInput, PublishOptions, PublishResult } from '../types.js';
 import { messageRow, type MessageRow } from './message-input.js';
@@ -18,6 +19,18 @@ function dedupRace(): OutboxError {
     'OUTBOX_DEDUP_CONFLICT',
     `publish kept conflicting on dedupKey with writers that rolled back (${MAX_DEDUP_ROUNDS} rounds); retry the call`,
   );
+}
+
+/** An INSERT into a schema that migrate() never created: say so, instead of Postgres's "relation does not exist". */
+function explainMissingSchema(schema: SchemaName) {
+  return (error: unknown): never => {
+    if (!isUndefinedTableOrSchema(error)) throw error;
+    throw new OutboxError(
+      'OUTBOX_NOT_MIGRATED',
+      `Schema "${schema.name}" has no outbox tables: call migrate() first`,
+      { cause: error, value: schema.name },
+    );
+  };
 }
 
 const dedupId = (topic: string, dedupKey: string) => `${topic}\u0000${dedupKey}`;
@@ -43,7 +56,7 @@ export async function publish(
   const row = messageRow(topic, payload, options, config.maxPayloadBytes);
   const exec = toExecutor(db);
   for (let round = 1; round <= MAX_DEDUP_ROUNDS; round++) {
-    const id = await insertMessage(exec, config.schema, row);
+    const id = await insertMessage(exec, config.schema, row).catch(explainMissingSchema(config.schema));
     if (id !== null) return { id, duplicate: false };
     const existing = (await existingIds(exec, config.schema, [row])).get(
       dedupId(row.topic, row.dedupKey ?? ''),
@@ -74,8 +87,8 @@ export async function publishMany(
     const { topic, payload, ...options } = m;
     return messageRow(topic, payload, options, config.maxPayloadBytes);
   });
-  if (rows.length === 0) return [];
   const exec = toExecutor(db);
+  if (rows.length === 0) return [];
   // The first row of each (topic, dedupKey) in the call is inserted; later ones in the same call are duplicates.
   const seen = new Map<string, number>();
   const firstIndex = rows.map((r, i) => {
@@ -89,7 +102,9 @@ export async function publishMany(
   let pending = rows.filter((_, i) => firstIndex[i] === i);
   for (let round = 1; pending.length > 0; round++) {
     if (round > MAX_DEDUP_ROUNDS) throw dedupRace();
-    const inserted = await insertMessages(exec, config.schema, pending);
+    const inserted = await insertMessages(exec, config.schema, pending).catch(
+      explainMissingSchema(config.schema),
+    );
     const byKey = new Map(inserted.map((r) => [dedupId(r.topic, r.dedup_key ?? ''), r.id]));
     // Rows without a dedupKey are always inserted, and identity ids ascend in input order.
     const plainIds = inserted

@@ -12,6 +12,8 @@ export interface RelayWindow {
   positionTx: string;
   positionId: string;
   version: string;
+  /** True when a previous batch was full and left this window open in relay_state. */
+  windowOpen: boolean;
 }
 
 /**
@@ -26,7 +28,8 @@ export async function readRelayWindow(exec: Executor, s: SchemaName): Promise<Re
        coalesce(target_snapshot, pg_current_snapshot())::text AS target,
        coalesce(position_tx, '0'::xid8)::text AS "positionTx",
        coalesce(position_id, 0)::text AS "positionId",
-       version::text AS version
+       version::text AS version,
+       target_snapshot IS NOT NULL AS "windowOpen"
      FROM ${s.quoted}.relay_state`,
   );
   const row = rows[0];
@@ -54,8 +57,8 @@ export interface RelayBatchResult {
  * Rolled-back rows are invisible to this statement, so they are never relayed.
  *
  * When the batch is smaller than the limit the window is finished: done := target. Otherwise the position moves
- * to the last message and the same target is kept for the next batch. Nothing is written when the batch is
- * empty. The version check makes a second relay that read the same state roll back instead of relaying twice.
+ * to the last message and the same target is kept for the next batch. An empty batch writes nothing, unless
+ * it closes a window that a full batch left open (the window held an exact multiple of the limit). The version check makes a second relay that read the same state roll back instead of relaying twice.
  * pg_notify runs once per subscription that received rows and is delivered at commit.
  */
 export async function relayBatch(
@@ -115,7 +118,7 @@ export async function relayBatch(
            version = version + 1,
            updated_at = now()
        WHERE version = $7::bigint
-         AND EXISTS (SELECT 1 FROM batch)
+         AND (EXISTS (SELECT 1 FROM batch) OR $9::boolean)
        RETURNING 1
      )
      SELECT
@@ -123,14 +126,14 @@ export async function relayBatch(
        (SELECT count(*) FROM inserted)::text AS deliveries,
        (SELECT count(*) FROM written)::text AS written,
        (SELECT count(*) FROM notified)::text AS notified`,
-    [w.doneXip, w.doneXmax, w.target, w.positionTx, w.positionId, limit, w.version, s.channel],
+    [w.doneXip, w.doneXmax, w.target, w.positionTx, w.positionId, limit, w.version, s.channel, w.windowOpen],
   );
   const row = rows[0];
   const messages = Number(row?.messages ?? 0);
   return {
     messages,
     deliveries: Number(row?.deliveries ?? 0),
-    stateWritten: messages === 0 || row?.written === '1',
+    stateWritten: (messages === 0 && !w.windowOpen) || row?.written === '1',
   };
 }
 

@@ -56,7 +56,8 @@ describe('publish, relay and consume', () => {
     await waitFor(
       'acks recorded',
       async () =>
-        (await count(t.pool, `SELECT count(*) AS n FROM outbox.message_deliveries WHERE state = 'done'`)) === 2,
+        (await count(t.pool, `SELECT count(*) AS n FROM outbox.message_deliveries WHERE state = 'done'`)) ===
+        2,
     );
     expect(seen.other).toHaveLength(0);
     expect(await count(t.pool, 'SELECT count(*) AS n FROM outbox.messages')).toBe(1);

@@ -57,6 +57,33 @@ describe('relay', () => {
     await outbox.stop();
   });
 
+  it('closes a relay window that held an exact multiple of the batch size and keeps relaying', async () => {
+    const outbox = t.outbox({ relay: { batchSize: 10, pollIntervalMs: 5 } });
+    await outbox.declareSubscription('exact', { topics: ['exact.batch'] });
+    // 20 messages committed before the relay starts: one window, two full batches, then an empty one.
+    await outbox.publishMany(
+      t.pool,
+      Array.from({ length: 20 }, (_, i) => ({ topic: 'exact.batch', payload: { i } })),
+    );
+    await outbox.start();
+    const relayed = () =>
+      count(
+        t.pool,
+        `SELECT count(*) AS n FROM outbox.deliveries d JOIN outbox.subscriptions s ON s.id = d.subscription_id
+         WHERE s.name = 'exact'`,
+      );
+    await waitFor('the 20 are relayed', async () => (await relayed()) === 20);
+    await waitFor('the window is closed', async () => {
+      const { rows } = await t.pool.query<{ open: boolean }>(
+        'SELECT target_snapshot IS NOT NULL AS open FROM outbox.relay_state',
+      );
+      return rows[0]?.open === false;
+    });
+    await outbox.publish(t.pool, 'exact.batch', { i: 20 });
+    await waitFor('a later message is relayed too', async () => (await relayed()) === 21);
+    await outbox.stop();
+  });
+
   it('keeps relaying while an unrelated transaction stays open', async () => {
     const outbox = t.outbox();
     await outbox.declareSubscription('long-tx', { topics: ['long.tx'] });
