@@ -142,7 +142,7 @@ export class Consumer {
     for (const row of rows) {
       if (row.state !== 'pending') {
         lease.finish();
-        if (row.state === 'dead') this.reportLeaseDeath(row);
+        if (row.state === 'dead') this.reportClaimDeath(row);
         continue;
       }
       const claimed = toClaimed(this.config.name, row, lease);
@@ -235,10 +235,11 @@ export class Consumer {
     }
   }
 
-  private reportLeaseDeath(row: ClaimedRow): void {
+  /** A delivery the claim dead-lettered instead of handing out: lease expired at maxAttempts, or no message. */
+  private reportClaimDeath(row: ClaimedRow): void {
     const info = { subscription: this.config.name, deliveryId: row.delivery_id, attempt: row.attempt };
-    this.log.warn(info, 'delivery dead-lettered: its last lease expired at maxAttempts');
-    this.config.events.emit('delivery:dead', { ...info, error: 'lease expired at maxAttempts' });
+    this.log.warn({ ...info, reason: row.last_error }, 'delivery dead-lettered at claim');
+    this.config.events.emit('delivery:dead', { ...info, error: row.last_error });
   }
 
   private report(items: Settlement[], settled: Set<string>): void {

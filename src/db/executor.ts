@@ -116,6 +116,11 @@ export async function withTransaction<D extends Queryable, T>(
   if (isPool(db)) {
     const client = await db.connect();
     let broken = false;
+    // A checked-out client's connection error has no listener of pg-pool's: without ours it would crash the process.
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await fn(pgExecutor(client), client as TransactionOf<D>);
@@ -127,6 +132,7 @@ export async function withTransaction<D extends Queryable, T>(
       });
       throw error;
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }

@@ -7,6 +7,7 @@ export interface ClaimedRow {
   message_id: string;
   state: 'pending' | 'dead' | 'cancelled';
   attempt: number;
+  last_error: string | null;
   topic: string;
   key: string | null;
   payload: unknown;
@@ -16,6 +17,7 @@ export interface ClaimedRow {
 }
 
 export const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer crashed, stalled or timed out';
+const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages table';
 
 /**
  * Claims up to `limit` due deliveries of one subscription and leases them for `leaseMs`.
@@ -27,7 +29,8 @@ export const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer cr
  * Lease: available_at moves to the lease end, so a leased row leaves the due range until the lease expires and
  * is then claimed again. attempt + 1 is the fencing token every ack must present.
  * A row whose previous lease expired at maxAttempts is dead-lettered here instead of handed out, so a handler
- * that crashes its process every time still ends; a row whose message was cancelled is marked cancelled.
+ * that crashes its process every time still ends; a row whose message was cancelled is marked cancelled, and
+ * one whose message was deleted from messages is dead-lettered rather than left blocking the head of the queue.
  */
 export async function claimDeliveries(
   exec: Executor,
@@ -37,11 +40,17 @@ export async function claimDeliveries(
   return exec.query<ClaimedRow>(
     `WITH due AS (
        SELECT q.id,
+              q.message_id,
               CASE
                 WHEN EXISTS (SELECT 1 FROM ${s.quoted}.cancellations c WHERE c.message_id = q.message_id) THEN 'cancelled'
                 WHEN q.attempt >= $4::int THEN 'dead'
+                WHEN NOT EXISTS (SELECT 1 FROM ${s.quoted}.messages m WHERE m.id = q.message_id) THEN 'dead'
                 ELSE 'pending'
-              END AS next_state
+              END AS next_state,
+              CASE
+                WHEN NOT EXISTS (SELECT 1 FROM ${s.quoted}.messages m WHERE m.id = q.message_id) THEN $6::text
+                WHEN q.leased_until IS NOT NULL THEN $5::text
+              END AS new_error
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
@@ -57,14 +66,14 @@ export async function claimDeliveries(
                              THEN now() + $3::int * interval '1 millisecond' ELSE d.available_at END,
          leased_until = CASE WHEN due.next_state = 'pending'
                              THEN now() + $3::int * interval '1 millisecond' END,
-         last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END,
+         last_error = coalesce(due.new_error, d.last_error),
          completed_at = CASE WHEN due.next_state = 'pending' THEN NULL ELSE now() END
-     FROM due, ${s.quoted}.messages m
+     FROM due
+     LEFT JOIN ${s.quoted}.messages m ON m.id = due.message_id
      WHERE d.id = due.id
-       AND m.id = d.message_id
-     RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, m.topic, m.key, m.payload, m.headers,
+     RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, d.last_error, m.topic, m.key, m.payload, m.headers,
                m.created_at, m.deliver_at`,
-    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR],
+    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR, MESSAGE_MISSING_ERROR],
   );
 }
 

@@ -194,6 +194,30 @@ describe('consumers', () => {
     await outbox.stop();
   });
 
+  it('dead-letters a delivery whose message was deleted instead of letting it block the queue', async () => {
+    const outbox = t.outbox();
+    await outbox.declareSubscription('orphan', { topics: ['orphan.test'] });
+    const gone = await outbox.publish(t.pool, 'orphan.test', { n: 1 });
+    await outbox.start();
+    await waitFor('relayed', async () => (await states(t, 'orphan')).pending === 1);
+    await t.pool.query('DELETE FROM outbox.messages WHERE id = $1', [gone.id]);
+    const handled: string[] = [];
+    outbox.subscribe('orphan', { topics: ['orphan.test'] }, (m) => {
+      handled.push(m.id);
+    });
+    const kept = await outbox.publish(t.pool, 'orphan.test', { n: 2 });
+    await waitFor('the next message is handled', () => handled.includes(kept.id));
+    const { rows } = await t.pool.query<{ state: string; last_error: string }>(
+      'SELECT state, last_error FROM outbox.deliveries WHERE message_id = $1',
+      [gone.id],
+    );
+    expect(rows).toEqual([
+      { state: 'dead', last_error: 'the message no longer exists in the messages table' },
+    ]);
+    expect(handled).toEqual([kept.id]);
+    await outbox.stop();
+  });
+
   it('releases claimed but unstarted deliveries on stop without counting an attempt', async () => {
     const outbox = t.outbox({ shutdownTimeoutMs: 5_000 });
     let release: () => void = () => undefined;
