@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { runner } from 'node-pg-migrate';
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { checkoutClient } from './db/checkout.js';
 import type { SchemaName } from './db/identifiers.js';
 import { OutboxError } from './errors.js';
 
@@ -22,11 +23,10 @@ function lockValue(schema: SchemaName): number {
  */
 export async function migrate(pool: pg.Pool, schema: SchemaName, logger: Logger): Promise<string[]> {
   const log = logger.child({ component: 'migrate', schema: schema.name });
-  const client = await pool.connect();
   const onError = (error: Error) => {
     log.warn({ err: error }, 'migration connection error');
   };
-  client.on('error', onError);
+  const client = await checkoutClient(pool, onError);
   try {
     const ran = await runner({
       dbClient: client,

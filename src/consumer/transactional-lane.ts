@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { checkoutClient } from '../db/checkout.js';
 import { pgExecutor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import {
@@ -77,13 +78,12 @@ async function runInTransaction(
   failures: Settlement[] = [],
 ): Promise<LaneResult> {
   const { pool, schema } = config;
-  const client = await pool.connect();
   let broken = false;
   const onError = (error: Error) => {
     broken = true;
     config.log.warn({ err: error }, 'handler transaction connection error');
   };
-  client.on('error', onError);
+  const client = await checkoutClient(pool, onError);
   const exec = pgExecutor(client);
   try {
     await client.query('BEGIN');

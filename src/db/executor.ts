@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { CompiledQuery, type Kysely, type Transaction } from 'kysely';
 import { OutboxError } from '../errors.js';
+import { checkoutClient } from './checkout.js';
 import { isNoActiveTransaction } from './pg-errors.js';
 
 // Kysely's database type is the caller's; we only run raw SQL through it.
@@ -114,13 +115,11 @@ export async function withTransaction<D extends Queryable, T>(
     return db.transaction().execute((trx) => fn(kyselyExecutor(trx), trx as TransactionOf<D>));
   }
   if (isPool(db)) {
-    const client = await db.connect();
     let broken = false;
-    // A checked-out client's connection error has no listener of pg-pool's: without ours it would crash the process.
     const onError = () => {
       broken = true;
     };
-    client.on('error', onError);
+    const client = await checkoutClient(db, onError);
     try {
       await client.query('BEGIN');
       const result = await fn(pgExecutor(client), client as TransactionOf<D>);

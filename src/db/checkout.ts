@@ -1,0 +1,22 @@
+import type pg from 'pg';
+
+/**
+ * Checks a client out of the pool with an 'error' listener already attached.
+ *
+ * pg-pool removes its own listener when it hands a client out. With `await pool.connect()` the caller's listener
+ * is attached a microtask later, and that is too late when the client was released and handed over inside its
+ * own socket's data handler (a `pool.query()` finishing while a connect() waits): if the same socket chunk also
+ * carries a FATAL message (a terminated backend, a server shutdown), the client emits 'error' with no listener
+ * and the process crashes. The callback form runs synchronously at hand-over, so there is no such gap.
+ */
+export function checkoutClient(pool: pg.Pool, onError: (error: Error) => void): Promise<pg.PoolClient> {
+  return new Promise((resolve, reject) => {
+    pool.connect((error, client) => {
+      if (error !== undefined && error !== null)
+        return reject(error instanceof Error ? error : new Error(String(error)));
+      if (client === undefined) return reject(new Error('pg-pool returned no client'));
+      client.on('error', onError);
+      resolve(client);
+    });
+  });
+}
