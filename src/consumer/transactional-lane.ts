@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { checkoutClient } from '../db/checkout.js';
+import { inPoolTransaction } from '../db/checkout.js';
 import { pgExecutor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import {
@@ -78,46 +78,36 @@ async function runInTransaction(
   failures: Settlement[] = [],
 ): Promise<LaneResult> {
   const { pool, schema } = config;
-  let broken = false;
-  const onError = (error: Error) => {
-    broken = true;
+  const onConnectionError = (error: Error) =>
     config.log.warn({ err: error }, 'handler transaction connection error');
-  };
-  const client = await checkoutClient(pool, onError);
-  const exec = pgExecutor(client);
-  try {
-    await client.query('BEGIN');
-    const fences = [...chunk.map(fenceOf), ...failures];
-    const locked = await lockClaimedDeliveries(exec, schema, fences);
-    const settlements = failures.filter((f) => locked.has(f.deliveryId));
-    const unstarted: Claimed[] = [];
-    for (const [index, c] of chunk.entries()) {
-      if (!locked.has(c.message.deliveryId)) continue; // re-claimed by another consumer after our lease ran out
-      if (config.isStopping() || Date.now() >= c.lease.expiresAt) {
-        unstarted.push(c);
-        continue;
+  return inPoolTransaction(
+    pool,
+    async (client) => {
+      const exec = pgExecutor(client);
+      const fences = [...chunk.map(fenceOf), ...failures];
+      const locked = await lockClaimedDeliveries(exec, schema, fences);
+      const settlements = failures.filter((f) => locked.has(f.deliveryId));
+      const unstarted: Claimed[] = [];
+      for (const [index, c] of chunk.entries()) {
+        if (!locked.has(c.message.deliveryId)) continue; // re-claimed by another consumer after our lease ran out
+        if (config.isStopping() || Date.now() >= c.lease.expiresAt) {
+          unstarted.push(c);
+          continue;
+        }
+        try {
+          await config.handler(c.message, context(config, client, c));
+        } catch (error) {
+          throw new HandlerFailed(index, failedSettlement(c, error, config.policy));
+        }
+        settlements.push(doneSettlement(c));
       }
-      try {
-        await config.handler(c.message, context(config, client, c));
-      } catch (error) {
-        throw new HandlerFailed(index, failedSettlement(c, error, config.policy));
-      }
-      settlements.push(doneSettlement(c));
-    }
-    if (unstarted.length > 0) await releaseDeliveries(exec, schema, unstarted.map(fenceOf));
-    const settled =
-      settlements.length > 0 ? await settleDeliveries(exec, schema, settlements) : new Set<string>();
-    await client.query('COMMIT');
-    return { settlements, settled };
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => {
-      broken = true;
-    });
-    throw error;
-  } finally {
-    client.off('error', onError);
-    client.release(broken);
-  }
+      if (unstarted.length > 0) await releaseDeliveries(exec, schema, unstarted.map(fenceOf));
+      const settled =
+        settlements.length > 0 ? await settleDeliveries(exec, schema, settlements) : new Set<string>();
+      return { settlements, settled };
+    },
+    onConnectionError,
+  );
 }
 
 function context(config: LaneConfig, client: pg.PoolClient, c: Claimed): TransactionalContext {

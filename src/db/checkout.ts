@@ -20,3 +20,34 @@ export function checkoutClient(pool: pg.Pool, onError: (error: Error) => void): 
     });
   });
 }
+
+/**
+ * Runs fn in a transaction on a client of the pool's own (BEGIN, COMMIT, or ROLLBACK when fn throws). A client
+ * whose connection failed, or whose ROLLBACK failed, is destroyed instead of returned to the pool.
+ */
+export async function inPoolTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  onConnectionError: (error: Error) => void = () => undefined,
+): Promise<T> {
+  let broken = false;
+  const onError = (error: Error) => {
+    broken = true;
+    onConnectionError(error);
+  };
+  const client = await checkoutClient(pool, onError);
+  try {
+    await client.query('BEGIN');
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {
+      broken = true;
+    });
+    throw error;
+  } finally {
+    client.off('error', onError);
+    client.release(broken);
+  }
+}

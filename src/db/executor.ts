@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { CompiledQuery, type Kysely, type Transaction } from 'kysely';
 import { OutboxError } from '../errors.js';
-import { checkoutClient } from './checkout.js';
+import { inPoolTransaction } from './checkout.js';
 import { isNoActiveTransaction } from './pg-errors.js';
 
 // Kysely's database type is the caller's; we only run raw SQL through it.
@@ -115,25 +115,7 @@ export async function withTransaction<D extends Queryable, T>(
     return db.transaction().execute((trx) => fn(kyselyExecutor(trx), trx as TransactionOf<D>));
   }
   if (isPool(db)) {
-    let broken = false;
-    const onError = () => {
-      broken = true;
-    };
-    const client = await checkoutClient(db, onError);
-    try {
-      await client.query('BEGIN');
-      const result = await fn(pgExecutor(client), client as TransactionOf<D>);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
-      throw error;
-    } finally {
-      client.off('error', onError);
-      client.release(broken);
-    }
+    return inPoolTransaction(db, (client) => fn(pgExecutor(client), client as TransactionOf<D>));
   }
   if (isClient(db)) {
     const exec = pgExecutor(db);

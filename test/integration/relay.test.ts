@@ -2,6 +2,15 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
+/** Deliveries the relay made for one subscription (none are consumed in these tests). */
+const relayedTo = (t: OutboxTestContext, subscription: string) =>
+  count(
+    t.pool,
+    `SELECT count(*) AS n FROM outbox.deliveries d JOIN outbox.subscriptions s ON s.id = d.subscription_id
+     WHERE s.name = $1`,
+    [subscription],
+  );
+
 const randomDelay = (maxMs: number) => new Promise((r) => setTimeout(r, Math.random() * maxMs));
 
 describe('relay', () => {
@@ -66,12 +75,7 @@ describe('relay', () => {
       Array.from({ length: 20 }, (_, i) => ({ topic: 'exact.batch', payload: { i } })),
     );
     await outbox.start();
-    const relayed = () =>
-      count(
-        t.pool,
-        `SELECT count(*) AS n FROM outbox.deliveries d JOIN outbox.subscriptions s ON s.id = d.subscription_id
-         WHERE s.name = 'exact'`,
-      );
+    const relayed = () => relayedTo(t, 'exact');
     await waitFor('the 20 are relayed', async () => (await relayed()) === 20);
     await waitFor('the window is closed', async () => {
       const { rows } = await t.pool.query<{ open: boolean }>(
@@ -141,23 +145,12 @@ describe('relay', () => {
     });
     await b.start();
     await a.publish(t.pool, 'failover.test', { n: 1 });
-    await waitFor(
-      'first message relayed',
-      async () =>
-        (await count(
-          t.pool,
-          `SELECT count(*) AS n FROM outbox.deliveries d JOIN outbox.subscriptions s ON s.id = d.subscription_id WHERE s.name = 'failover'`,
-        )) === 1,
-    );
+    await waitFor('first message relayed', async () => (await relayedTo(t, 'failover')) === 1);
     await a.stop();
     await a.publish(t.pool, 'failover.test', { n: 2 });
     await waitFor(
       'the standby relays after the active one stopped',
-      async () =>
-        (await count(
-          t.pool,
-          `SELECT count(*) AS n FROM outbox.deliveries d JOIN outbox.subscriptions s ON s.id = d.subscription_id WHERE s.name = 'failover'`,
-        )) === 2,
+      async () => (await relayedTo(t, 'failover')) === 2,
     );
     await b.stop();
   });

@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/index.js';
 import { quoteChannel, schemaName } from '../../src/db/identifiers.js';
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../helpers/thrown.js';
 
 describe('schemaName', () => {
   it.each(['outbox', 'billing_outbox', '_outbox', 'a', 'a1', 'outbox_2024', 'select', 'x'.repeat(50)])(

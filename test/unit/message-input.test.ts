@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { OutboxError, type PublishOptions } from '../../src/index.js';
 import { messageRow } from '../../src/producer/message-input.js';
+import { thrown } from '../helpers/thrown.js';
 
 const LIMIT = 1_048_576;
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-}
 
 function expectCode(fn: () => unknown, code: string): OutboxError {
   const error = thrown(fn);

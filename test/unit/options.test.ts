@@ -3,19 +3,11 @@ import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OutboxError, type OutboxOptions, type SubscribeOptions } from '../../src/index.js';
 import { resolveOptions, resolveSubscribeOptions } from '../../src/options.js';
+import { thrown } from '../helpers/thrown.js';
 
 // Never connected: resolving options must not touch the database.
 const pool = new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/never' });
 afterAll(() => pool.end());
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-}
 
 function expectCode(fn: () => unknown, code: string, value?: unknown): void {
   const error = thrown(fn);

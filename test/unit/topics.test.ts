@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/index.js';
 import { assertSubscriptionName, assertTopic, topicFilter } from '../../src/topics.js';
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../helpers/thrown.js';
 
 function matches(filter: string[], topic: string): boolean {
   const { exact, pattern } = topicFilter(filter);
