@@ -11,6 +11,7 @@ import {
 import { OutboxError } from './errors.js';
 import { OutboxEmitter, type EventName, type Listener as EventListener } from './events.js';
 import { migrate } from './migrate.js';
+import { runCleanup, type CleanupResult } from './maintenance.js';
 import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
 import { publish, publishMany } from './producer/publish.js';
 import { createRelay } from './relay/relay.js';
@@ -66,6 +67,8 @@ export interface Outbox {
     options?: { ids?: readonly (string | number | bigint)[] },
   ): Promise<{ replayed: number }>;
   status(): Promise<OutboxStatus>;
+  /** One bounded cleanup pass now (the active relay also runs it every relay.maintenanceIntervalMs). */
+  cleanup(): Promise<CleanupResult>;
   on<E extends EventName>(event: E, listener: EventListener<E>): void;
   off<E extends EventName>(event: E, listener: EventListener<E>): void;
   /** The pino logger in use. */
@@ -196,6 +199,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     deadLetters: (name, query) => listDeadLetters(pgExecutor(pool), schema, name, query),
     replay: (name, opts) => replayDeadLetters(pgExecutor(pool), schema, name, opts),
     status: () => readStatus(pgExecutor(pool), schema),
+    cleanup: () => runCleanup(pgExecutor(pool), schema, config.processedRetentionMs),
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };

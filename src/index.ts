@@ -12,4 +12,5 @@ export {
 export type { OutboxEvents, EventName } from './events.js';
 export type { Queryable, TransactionOf } from './db/executor.js';
 export type { DeadLetterQuery } from './admin.js';
+export type { CleanupResult } from './maintenance.js';
 export type * from './types.js';

@@ -14,6 +14,8 @@ export interface RelayOptions {
   pollIntervalMs?: number;
   /** How often a standby relay tries to take over. @defaultValue 1000 */
   standbyPollMs?: number;
+  /** How often the active relay runs the cleanup (expired idempotency keys). @defaultValue 60_000 */
+  maintenanceIntervalMs?: number;
 }
 
 export interface OutboxOptions {
@@ -30,6 +32,11 @@ export interface OutboxOptions {
   consumers?: boolean;
   /** How long stop() waits for running handlers before releasing their work. @defaultValue 10_000 */
   shutdownTimeoutMs?: number;
+  /**
+   * How long idempotency keys (`processed`) are kept; 0 keeps them forever. A redelivery that comes later than
+   * this runs its effect again, so keep it well above your longest retry schedule. @defaultValue 2_592_000_000 (30 days)
+   */
+  processedRetentionMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -40,6 +47,7 @@ export interface ResolvedOptions {
   relay: Required<RelayOptions>;
   consumers: boolean;
   shutdownTimeoutMs: number;
+  processedRetentionMs: number;
 }
 
 export interface ResolvedSubscribeOptions {
@@ -115,6 +123,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'relay',
     'consumers',
     'shutdownTimeoutMs',
+    'processedRetentionMs',
   ]);
   if (typeof options.pool?.connect !== 'function' || !('totalCount' in options.pool)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'createOutbox needs `pool`: a pg.Pool', {
@@ -122,7 +131,13 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     });
   }
   const relay = objectOrEmpty('relay', o.relay);
-  assertKnownKeys('relay', relay, ['enabled', 'batchSize', 'pollIntervalMs', 'standbyPollMs']);
+  assertKnownKeys('relay', relay, [
+    'enabled',
+    'batchSize',
+    'pollIntervalMs',
+    'standbyPollMs',
+    'maintenanceIntervalMs',
+  ]);
   return {
     pool: options.pool,
     schema: schemaName(options.schema ?? 'outbox'),
@@ -133,9 +148,23 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
       batchSize: integer('relay.batchSize', relay.batchSize, 1000, 1, 100_000),
       pollIntervalMs: integer('relay.pollIntervalMs', relay.pollIntervalMs, 20, 1, 60_000),
       standbyPollMs: integer('relay.standbyPollMs', relay.standbyPollMs, 1000, 10, 600_000),
+      maintenanceIntervalMs: integer(
+        'relay.maintenanceIntervalMs',
+        relay.maintenanceIntervalMs,
+        60_000,
+        100,
+        DAY_MS,
+      ),
     },
     consumers: boolean('consumers', o.consumers, true),
     shutdownTimeoutMs: integer('shutdownTimeoutMs', o.shutdownTimeoutMs, 10_000, 0, DAY_MS),
+    processedRetentionMs: integer(
+      'processedRetentionMs',
+      o.processedRetentionMs,
+      30 * DAY_MS,
+      0,
+      3650 * DAY_MS,
+    ),
   };
 }
 

@@ -7,6 +7,7 @@ import type { OutboxEmitter } from '../events.js';
 import type { ResolvedOptions } from '../options.js';
 import { releaseRelayLock, tryRelayLock } from '../sql/locks.js';
 import { readRelayWindow, relayBatch } from '../sql/relay.js';
+import { runCleanup } from '../maintenance.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 
 /*
@@ -81,11 +82,20 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
     return runBatch(conn, config.schema);
   }
 
+  let lastCleanup = Date.now();
+  async function maybeCleanup(conn: pg.Client): Promise<void> {
+    if (!leader || Date.now() - lastCleanup < config.relay.maintenanceIntervalMs) return;
+    lastCleanup = Date.now();
+    const result = await runCleanup(pgExecutor(conn), config.schema, config.processedRetentionMs);
+    if (result.processedKeysDeleted > 0) log.info(result, 'cleanup');
+  }
+
   async function loop(): Promise<void> {
     let failures = 0;
     while (!stopping) {
       try {
         const relayed = await step();
+        if (client !== null) await maybeCleanup(client);
         failures = 0;
         if (relayed === -1) await wakeup.wait(standbyPollMs);
         else if (relayed < batchSize) await wakeup.wait(pollIntervalMs);

@@ -22,3 +22,36 @@ export async function insertProcessedKey(
   );
   return rows.length === 1;
 }
+
+/**
+ * Deletes up to `limit` idempotency keys recorded more than `retentionMs` ago, oldest first, through
+ * processed_recorded_at_idx. SKIP LOCKED leaves keys that a running transaction is checking alone (they are
+ * retried on the next pass), and the batch bound keeps each statement's locks and WAL small. Returns how many
+ * were deleted; the caller repeats while a full batch came back.
+ */
+export async function deleteExpiredProcessedKeys(
+  exec: Executor,
+  s: SchemaName,
+  p: { retentionMs: number; limit: number },
+): Promise<number> {
+  const rows = await exec.query<{ n: string }>(
+    `WITH expired AS (
+       SELECT scope, key
+       FROM ${s.quoted}.processed
+       WHERE recorded_at < now() - $1::bigint * interval '1 millisecond'
+       ORDER BY recorded_at
+       LIMIT $2::int
+       FOR UPDATE SKIP LOCKED
+     ),
+     deleted AS (
+       DELETE FROM ${s.quoted}.processed p
+       USING expired
+       WHERE p.scope = expired.scope
+         AND p.key = expired.key
+       RETURNING 1
+     )
+     SELECT count(*)::text AS n FROM deleted`,
+    [p.retentionMs, p.limit],
+  );
+  return Number(rows[0]?.n ?? 0);
+}
