@@ -1,0 +1,297 @@
+import { performance } from 'node:perf_hooks';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Outbox, OutboxMessage, PublishInput, TransactionalContext } from '../../src/index.js';
+import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+
+/** One run of a handler on one delivery; the last run of a delivery is the one whose transaction committed. */
+interface Run {
+  orderId: number;
+  messageId: string;
+  instance: number;
+  attempt: number;
+  duplicate: boolean;
+  start: number;
+  end: number;
+}
+
+/** mulberry32: a seeded generator, so a failing flood can be replayed. */
+function random(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const errorCode = (error: unknown) =>
+  typeof error === 'object' && error !== null && 'code' in error ? String(error.code) + ' ' + String((error as {where?: string}).where).replace(/\(\d+,\d+\)/, '') : 'other';
+
+describe('ctx.once under a flood of duplicate deliveries', () => {
+  let t: OutboxTestContext;
+
+  /** Tables of one scenario in a schema of its own. `awards` has no unique constraint: ctx.once alone dedups. */
+  async function createTables(schema: string, orders: number, customers: number): Promise<void> {
+    await t.pool.query(`
+      CREATE SCHEMA ${schema};
+      CREATE TABLE ${schema}.orders (id int PRIMARY KEY, customer text NOT NULL, amount int NOT NULL);
+      CREATE TABLE ${schema}.points (customer text PRIMARY KEY, total int NOT NULL);
+      CREATE TABLE ${schema}.awards (order_id int NOT NULL, customer text NOT NULL, message_id bigint NOT NULL);
+      CREATE TABLE ${schema}.duplicates (order_id int NOT NULL, message_id bigint NOT NULL);
+      INSERT INTO ${schema}.orders (id, customer, amount)
+      SELECT i, 'customer-' || (i % ${customers}), 1 + (i * 7919) % 100 FROM generate_series(1, ${orders}) AS i;`);
+  }
+
+  /** The points handler: award once per order; a duplicate is recorded in the same transaction. */
+  function awardPoints(schema: string, message: OutboxMessage, ctx: TransactionalContext) {
+    const { orderId } = message.payload as { orderId: number };
+    return ctx.once(`order:${orderId}`, async (tx) => {
+      const { rows } = await tx.query<{ customer: string; amount: number }>(
+        `SELECT customer, amount FROM ${schema}.orders WHERE id = $1::int`,
+        [orderId],
+      );
+      const order = rows[0];
+      if (order === undefined) throw new Error(`order ${orderId} not found`);
+      await tx.query(
+        `INSERT INTO ${schema}.awards (order_id, customer, message_id) VALUES ($1::int, $2::text, $3::bigint)`,
+        [orderId, order.customer, message.id],
+      );
+      await tx.query(
+        `INSERT INTO ${schema}.points (customer, total) VALUES ($1::text, $2::int)
+         ON CONFLICT (customer) DO UPDATE SET total = points.total + excluded.total`,
+        [order.customer, order.amount],
+      );
+    });
+  }
+
+  /** SQL checks shared by both scenarios: one award and one key per order, points summed once per order. */
+  async function expectAwardedOnce(schema: string, scope: string, orders: number): Promise<void> {
+    const q = (sql: string, params: unknown[] = []) => count(t.pool, sql, params);
+    expect(await q(`SELECT count(*) AS n FROM ${schema}.awards`)).toBe(orders);
+    const wrongAwards = `SELECT count(*) AS n
+      FROM ${schema}.orders o
+      LEFT JOIN (SELECT order_id, count(*) AS c FROM ${schema}.awards GROUP BY order_id) a ON a.order_id = o.id
+      WHERE coalesce(a.c, 0) <> 1`;
+    expect(await q(wrongAwards)).toBe(0);
+    const wrongTotals = `SELECT count(*) AS n
+      FROM (SELECT customer, sum(amount)::int AS total FROM ${schema}.orders GROUP BY customer) e
+      FULL JOIN ${schema}.points p USING (customer)
+      WHERE e.total IS DISTINCT FROM p.total`;
+    expect(await q(wrongTotals)).toBe(0);
+    expect(await q(`SELECT count(*) AS n FROM outbox.processed WHERE scope = $1`, [scope])).toBe(orders);
+    const keyedOrders = `SELECT count(*) AS n
+      FROM outbox.processed p
+      JOIN ${schema}.orders o ON p.key = 'order:' || o.id
+      WHERE p.scope = $1`;
+    expect(await q(keyedOrders, [scope])).toBe(orders);
+  }
+
+  /** Waits until every delivery of the subscription is acked, then checks none is left in another state. */
+  async function waitAllDone(subscription: string, messages: number): Promise<void> {
+    const states = async () => {
+      const { rows } = await t.pool.query<{ state: string; n: string }>(
+        `SELECT state, count(*) AS n FROM outbox.message_deliveries WHERE subscription = $1 GROUP BY state`,
+        [subscription],
+      );
+      return Object.fromEntries(rows.map((r) => [r.state, Number(r.n)]));
+    };
+    await waitFor(
+      `${messages} deliveries of ${subscription} done`,
+      async () => (await states()).done === messages,
+      25_000,
+    );
+    expect(await states()).toEqual({ done: messages });
+  }
+
+  beforeAll(async () => {
+    t = await setupOutboxTest({ poolMax: 40 });
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  it('awards points exactly once per order when 8 consumers handle 2–5 copies of each order at once', async () => {
+    const ORDERS = 400;
+    const INSTANCES = 8;
+    await createTables('flood', ORDERS, 37);
+    const rng = random(20_240_611);
+    // Copies of one order land within a window of about 40 messages: claims take up to 10 rows in id order, so
+    // the copies go to different consumers, which claim them at nearly the same time.
+    const copies: { orderId: number; sortKey: number }[] = [];
+    for (let orderId = 1; orderId <= ORDERS; orderId++) {
+      const n = 2 + Math.floor(rng() * 4);
+      for (let c = 0; c < n; c++) copies.push({ orderId, sortKey: orderId * 4 + rng() * 40 });
+    }
+    copies.sort((a, b) => a.sortKey - b.sortKey);
+    const messages: PublishInput[] = copies.map((c) => ({
+      topic: 'flood.order-paid',
+      payload: { orderId: c.orderId },
+    }));
+
+    const runs = new Map<string, Run>();
+    let handlerRuns = 0;
+    const errors = new Map<string, number>();
+    const outboxes: Outbox[] = [];
+    for (let i = 0; i < INSTANCES; i++) {
+      const outbox = t.outbox({ relay: { enabled: i === 0 } });
+      outbox.subscribe(
+        'flood',
+        {
+          topics: ['flood.order-paid'],
+          mode: 'transactional',
+          concurrency: 2 + (i % 3),
+          batchSize: 5 + (i % 6),
+          pollIntervalMs: 100,
+          maxAttempts: 100,
+          retry: { minDelayMs: 20, maxDelayMs: 100 },
+        },
+        async (message, ctx) => {
+          const { orderId } = message.payload as { orderId: number };
+          const start = performance.now();
+          handlerRuns += 1;
+          try {
+            const { duplicate } = await awardPoints('flood', message, ctx);
+            if (duplicate) {
+              await ctx.tx.query(
+                'INSERT INTO flood.duplicates (order_id, message_id) VALUES ($1::int, $2::bigint)',
+                [orderId, message.id],
+              );
+            }
+            const end = performance.now();
+            runs.set(message.deliveryId, {
+              orderId,
+              messageId: message.id,
+              instance: i,
+              attempt: message.attempt,
+              duplicate,
+              start,
+              end,
+            });
+          } catch (error) {
+            errors.set(errorCode(error), (errors.get(errorCode(error)) ?? 0) + 1);
+            throw error;
+          }
+        },
+      );
+      outboxes.push(outbox);
+    }
+    await outboxes[0]?.declareSubscription('flood', { topics: ['flood.order-paid'] });
+    const startedAt = performance.now();
+    await Promise.all(outboxes.map((o) => o.start()));
+    for (let i = 0; i < messages.length; i += 500)
+      await outboxes[0]?.publishMany(t.pool, messages.slice(i, i + 500));
+
+    await waitAllDone('flood', messages.length);
+    const elapsedMs = Math.round(performance.now() - startedAt);
+    await Promise.all(outboxes.map((o) => o.stop()));
+
+    await expectAwardedOnce('flood', 'flood', ORDERS);
+    // Every message either awarded its order or was recorded as a duplicate, in the transaction that acked it.
+    const outcomes = `SELECT count(DISTINCT m.id) AS n
+      FROM outbox.messages m
+      JOIN (SELECT message_id FROM flood.awards UNION ALL SELECT message_id FROM flood.duplicates) x ON x.message_id = m.id
+      WHERE m.topic = 'flood.order-paid'`;
+    expect(await count(t.pool, outcomes)).toBe(messages.length);
+    expect(await count(t.pool, 'SELECT count(*) AS n FROM flood.duplicates')).toBe(messages.length - ORDERS);
+    // The last run of each delivery is the committed one: its duplicate flags add up to messages − orders.
+    expect(runs.size).toBe(messages.length);
+    const duplicates = [...runs.values()].filter((r) => r.duplicate).length;
+    expect(duplicates).toBe(messages.length - ORDERS);
+
+    const byOrder = new Map<number, Run[]>();
+    for (const r of runs.values()) byOrder.set(r.orderId, [...(byOrder.get(r.orderId) ?? []), r]);
+    const overlapping = [...byOrder.values()].filter((rs) =>
+      rs.some((a) => rs.some((b) => a.instance !== b.instance && a.start < b.end && b.start < a.end)),
+    ).length;
+    const instancesUsed = new Set([...runs.values()].map((r) => r.instance)).size;
+    console.log(
+      `flood: ${ORDERS} orders, ${messages.length} deliveries, ${duplicates} duplicates suppressed, ` +
+        `${overlapping} orders with copies handled concurrently by different consumers, ${instancesUsed} consumers used, ` +
+        `${handlerRuns} handler runs, errors ${JSON.stringify(Object.fromEntries(errors))}, ${elapsedMs} ms`,
+    );
+    expect(overlapping).toBeGreaterThan(0);
+  });
+
+  it('awards once when a delivery fails after ctx.once and the retry runs ctx.once again', async () => {
+    const ORDERS = 90;
+    await createTables('redelivery', ORDERS, 7);
+    const runs: Run[] = [];
+    const errors = new Map<string, number>();
+    const outboxes: Outbox[] = [];
+    for (let i = 0; i < 4; i++) {
+      const outbox = t.outbox({ relay: { enabled: i === 0 } });
+      outbox.subscribe(
+        'redelivery',
+        {
+          topics: ['redelivery.order-paid'],
+          mode: 'transactional',
+          concurrency: 2,
+          batchSize: 5,
+          pollIntervalMs: 100,
+          maxAttempts: 100,
+          retry: { minDelayMs: 20, maxDelayMs: 50 },
+        },
+        async (message, ctx) => {
+          const { orderId } = message.payload as { orderId: number };
+          const start = performance.now();
+          let duplicate: boolean;
+          try {
+            ({ duplicate } = await awardPoints('redelivery', message, ctx));
+          } catch (error) {
+            errors.set(errorCode(error), (errors.get(errorCode(error)) ?? 0) + 1);
+            throw error;
+          }
+          runs.push({
+            orderId,
+            messageId: message.id,
+            instance: i,
+            attempt: message.attempt,
+            duplicate,
+            start,
+            end: performance.now(),
+          });
+          if (message.attempt === 1 && orderId % 3 === 0)
+            throw new Error('failing after the award, on purpose');
+        },
+      );
+      outboxes.push(outbox);
+    }
+    await outboxes[0]?.declareSubscription('redelivery', { topics: ['redelivery.order-paid'] });
+    const startedAt = performance.now();
+    await Promise.all(outboxes.map((o) => o.start()));
+    const published = await outboxes[0]?.publishMany(
+      t.pool,
+      Array.from({ length: ORDERS }, (_, k) => ({
+        topic: 'redelivery.order-paid',
+        payload: { orderId: k + 1 },
+      })),
+    );
+    expect(published).toHaveLength(ORDERS);
+
+    await waitAllDone('redelivery', ORDERS);
+    const elapsedMs = Math.round(performance.now() - startedAt);
+    await Promise.all(outboxes.map((o) => o.stop()));
+
+    await expectAwardedOnce('redelivery', 'redelivery', ORDERS);
+    // The failed first attempt's key rolled back with its award, so no run ever saw the key as taken.
+    expect(runs.filter((r) => r.duplicate)).toEqual([]);
+    expect(await count(t.pool, 'SELECT count(*) AS n FROM redelivery.duplicates')).toBe(0);
+    const failing = Array.from({ length: ORDERS }, (_, k) => k + 1).filter((id) => id % 3 === 0);
+    for (const orderId of failing) {
+      const attempts = runs.filter((r) => r.orderId === orderId).map((r) => r.attempt);
+      expect(attempts[0], `order ${orderId}`).toBe(1);
+      expect(Math.max(...attempts), `order ${orderId}`).toBeGreaterThanOrEqual(2);
+    }
+    // Each failing order's delivery was acked on a later attempt; the award row is the one of that attempt.
+    const retriedAcks = `SELECT count(*) AS n
+      FROM outbox.message_deliveries d
+      JOIN redelivery.awards a ON a.message_id = d.message_id
+      WHERE d.subscription = 'redelivery' AND d.state = 'done' AND d.attempt >= 2 AND a.order_id % 3 = 0`;
+    expect(await count(t.pool, retriedAcks)).toBe(failing.length);
+    console.log(
+      `redelivery: ${ORDERS} orders, ${failing.length} failed after ctx.once on attempt 1 and were awarded once on a retry, ` +
+        `${runs.length} handler runs past ctx.once, errors ${JSON.stringify(Object.fromEntries(errors))}, ${elapsedMs} ms`,
+    );
+  });
+});
