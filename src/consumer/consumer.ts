@@ -102,13 +102,13 @@ export class Consumer {
   }
 
   private async loop(): Promise<void> {
-    const { batchSize, concurrency, pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
+    const { pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
     while (!this.stopping) {
       try {
-        const limit = batchSize - this.queue.length - this.active;
-        if (this.lanes.size >= concurrency || this.queue.length > batchSize / 2 || limit <= 0) {
+        const limit = this.claimLimit();
+        if (limit <= 0) {
           this.waitingForRoom = true;
           await this.wakeup.wait(pollIntervalMs);
           this.waitingForRoom = false;
@@ -136,6 +136,20 @@ export class Consumer {
         await this.wakeup.wait(errorBackoffMs(failures));
       }
     }
+  }
+
+  /**
+   * How many deliveries to claim now (0: wait). With a free slot: refill the queue up to batchSize once it is
+   * half empty. With every slot busy: keep only enough queued to refill the slots as they free up (one chunk per
+   * slot), so a consumer whose handlers hang does not take work that an idle consumer could start.
+   */
+  private claimLimit(): number {
+    const { batchSize, concurrency, mode } = this.config.options;
+    const room = batchSize - this.queue.length - this.active;
+    if (this.lanes.size < concurrency) return this.queue.length <= batchSize / 2 ? room : 0;
+    const chunk = mode === 'lease' ? 1 : MAX_TRANSACTION_CHUNK;
+    const prefetch = Math.min(Math.floor(batchSize / 2), concurrency * chunk);
+    return Math.min(room, prefetch - this.queue.length);
   }
 
   private accept(rows: ClaimedRow[], lease: Lease): void {

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { inPoolTransaction } from '../db/checkout.js';
 import { pgExecutor } from '../db/executor.js';
+import { isTransactionConflict } from '../db/pg-errors.js';
 import type { SchemaName } from '../db/identifiers.js';
 import {
   lockClaimedDeliveries,
@@ -34,8 +35,9 @@ class HandlerFailed extends Error {
   constructor(
     readonly index: number,
     readonly settlement: Settlement,
+    cause: unknown,
   ) {
-    super('handler failed');
+    super('handler failed', { cause });
   }
 }
 
@@ -47,21 +49,36 @@ class HandlerFailed extends Error {
  * one transaction overflow Postgres's subxid cache and slow every snapshot). When a handler throws, the whole
  * transaction rolls back; its failure is recorded, and the rest of the chunk runs again one transaction per
  * delivery. A handler may therefore run twice for one attempt, but its database effects commit at most once.
+ *
+ * A chunk holds the row locks of all its handlers until COMMIT, so two chunks that write the same rows (or
+ * ctx.once keys) in opposite order can deadlock, or hit a serialization failure. Nothing is wrong with the
+ * deliveries then: the chunk is rolled back and each delivery runs again alone, on the same attempt.
  */
 export async function runTransactionalLane(config: LaneConfig, chunk: Claimed[]): Promise<LaneResult> {
   try {
     return await runInTransaction(config, chunk);
   } catch (error) {
+    if (chunk.length > 1 && isTransactionConflict(error instanceof HandlerFailed ? error.cause : error)) {
+      return merge(await runEachAlone(config, chunk));
+    }
     if (!(error instanceof HandlerFailed)) throw error;
     const failed = await runInTransaction(config, [], [error.settlement]);
     const rest = chunk.filter((_, i) => i !== error.index);
-    const results: LaneResult[] = [failed];
-    for (const c of rest) results.push(await runInTransaction(config, [c]).catch(recordFailure(config)));
-    return {
-      settlements: results.flatMap((r) => r.settlements),
-      settled: new Set(results.flatMap((r) => [...r.settled])),
-    };
+    return merge([failed, ...(await runEachAlone(config, rest))]);
   }
+}
+
+async function runEachAlone(config: LaneConfig, chunk: Claimed[]): Promise<LaneResult[]> {
+  const results: LaneResult[] = [];
+  for (const c of chunk) results.push(await runInTransaction(config, [c]).catch(recordFailure(config)));
+  return results;
+}
+
+function merge(results: LaneResult[]): LaneResult {
+  return {
+    settlements: results.flatMap((r) => r.settlements),
+    settled: new Set(results.flatMap((r) => [...r.settled])),
+  };
 }
 
 /** A handler that fails in a transaction of its own: record the failure in a new transaction. */
@@ -97,7 +114,7 @@ async function runInTransaction(
         try {
           await config.handler(c.message, context(config, client, c));
         } catch (error) {
-          throw new HandlerFailed(index, failedSettlement(c, error, config.policy));
+          throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
         }
         settlements.push(doneSettlement(c));
       }

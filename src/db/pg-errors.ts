@@ -28,3 +28,9 @@ export function isConnectionError(error: unknown): boolean {
   if (state === undefined) return error instanceof Error;
   return state.startsWith('08') || state === '57P01' || state === '57P02' || state === '57P03';
 }
+
+/** 40P01 deadlock detected, 40001 serialization failure: the transaction lost a race and can simply run again. */
+export function isTransactionConflict(error: unknown): boolean {
+  const state = sqlState(error);
+  return state === '40P01' || state === '40001';
+}

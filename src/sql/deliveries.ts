@@ -37,20 +37,11 @@ export async function claimDeliveries(
   s: SchemaName,
   p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number },
 ): Promise<ClaimedRow[]> {
+  // The message and the cancellation are looked up per claimed row through LATERAL ... LIMIT 1, which keeps them
+  // primary-key probes: a plain join or NOT EXISTS lets the planner hash the whole messages table on every claim.
   return exec.query<ClaimedRow>(
     `WITH due AS (
-       SELECT q.id,
-              q.message_id,
-              CASE
-                WHEN EXISTS (SELECT 1 FROM ${s.quoted}.cancellations c WHERE c.message_id = q.message_id) THEN 'cancelled'
-                WHEN q.attempt >= $4::int THEN 'dead'
-                WHEN NOT EXISTS (SELECT 1 FROM ${s.quoted}.messages m WHERE m.id = q.message_id) THEN 'dead'
-                ELSE 'pending'
-              END AS next_state,
-              CASE
-                WHEN NOT EXISTS (SELECT 1 FROM ${s.quoted}.messages m WHERE m.id = q.message_id) THEN $6::text
-                WHEN q.leased_until IS NOT NULL THEN $5::text
-              END AS new_error
+       SELECT q.id, q.message_id, q.attempt, q.leased_until
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
@@ -58,21 +49,47 @@ export async function claimDeliveries(
        ORDER BY q.available_at, q.id
        LIMIT $2::int
        FOR UPDATE SKIP LOCKED
+     ),
+     decided AS (
+       SELECT due.id,
+              m.topic, m.key, m.payload, m.headers, m.created_at, m.deliver_at,
+              CASE
+                WHEN c.cancelled THEN 'cancelled'
+                WHEN due.attempt >= $4::int OR m.id IS NULL THEN 'dead'
+                ELSE 'pending'
+              END AS next_state,
+              CASE
+                WHEN c.cancelled THEN NULL
+                WHEN m.id IS NULL THEN $6::text
+                WHEN due.leased_until IS NOT NULL THEN $5::text
+              END AS new_error
+       FROM due
+       LEFT JOIN LATERAL (
+         SELECT mm.id, mm.topic, mm.key, mm.payload, mm.headers, mm.created_at, mm.deliver_at
+         FROM ${s.quoted}.messages mm
+         WHERE mm.id = due.message_id
+         LIMIT 1
+       ) m ON true
+       LEFT JOIN LATERAL (
+         SELECT true AS cancelled
+         FROM ${s.quoted}.cancellations cc
+         WHERE cc.message_id = due.message_id
+         LIMIT 1
+       ) c ON true
      )
      UPDATE ${s.quoted}.deliveries d
-     SET state = due.next_state,
-         attempt = CASE WHEN due.next_state = 'pending' THEN d.attempt + 1 ELSE d.attempt END,
-         available_at = CASE WHEN due.next_state = 'pending'
+     SET state = decided.next_state,
+         attempt = CASE WHEN decided.next_state = 'pending' THEN d.attempt + 1 ELSE d.attempt END,
+         available_at = CASE WHEN decided.next_state = 'pending'
                              THEN now() + $3::int * interval '1 millisecond' ELSE d.available_at END,
-         leased_until = CASE WHEN due.next_state = 'pending'
+         leased_until = CASE WHEN decided.next_state = 'pending'
                              THEN now() + $3::int * interval '1 millisecond' END,
-         last_error = coalesce(due.new_error, d.last_error),
-         completed_at = CASE WHEN due.next_state = 'pending' THEN NULL ELSE now() END
-     FROM due
-     LEFT JOIN ${s.quoted}.messages m ON m.id = due.message_id
-     WHERE d.id = due.id
-     RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, d.last_error, m.topic, m.key, m.payload, m.headers,
-               m.created_at, m.deliver_at`,
+         last_error = coalesce(decided.new_error, d.last_error),
+         completed_at = CASE WHEN decided.next_state = 'pending' THEN NULL ELSE now() END
+     FROM decided
+     WHERE d.id = decided.id
+     RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, d.last_error, decided.topic, decided.key,
+               decided.payload, decided.headers, decided.created_at, decided.deliver_at`,
     [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR, MESSAGE_MISSING_ERROR],
   );
 }

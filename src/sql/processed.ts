@@ -5,7 +5,8 @@ import type { SchemaName } from '../db/identifiers.js';
  * Records an idempotency key in the caller's transaction; true when the key is new.
  * A concurrent transaction inserting the same key makes this one wait on the primary key until it ends: if it
  * commits, ON CONFLICT DO NOTHING returns no row (a duplicate); if it rolls back, this insert goes through.
- * One row per call, so two keys cannot deadlock each other through this statement.
+ * Two transactions that each record several keys in opposite order can deadlock; Postgres cancels one of them
+ * and the transactional lane runs its deliveries again one per transaction (see transactional-lane.ts).
  */
 export async function insertProcessedKey(
   exec: Executor,

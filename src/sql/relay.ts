@@ -100,7 +100,14 @@ export async function relayBatch(
        FROM batch b
        JOIN ${s.quoted}.subscriptions sub
          ON b.topic = ANY (sub.topics) OR b.topic ~ sub.topic_pattern
-       WHERE NOT EXISTS (SELECT 1 FROM ${s.quoted}.cancellations c WHERE c.message_id = b.id)
+       -- A primary-key probe per message (LATERAL ... LIMIT 1), never a hash of the whole cancellations table.
+       LEFT JOIN LATERAL (
+         SELECT true AS cancelled
+         FROM ${s.quoted}.cancellations c
+         WHERE c.message_id = b.id
+         LIMIT 1
+       ) cancel ON true
+       WHERE cancel.cancelled IS NULL
        ORDER BY b.tx_id, b.id, sub.id
        ON CONFLICT (message_id, subscription_id) DO NOTHING
        RETURNING subscription_id
