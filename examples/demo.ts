@@ -16,6 +16,12 @@ interface OrderPaid {
 const server = await startPostgres();
 console.log(`PostgreSQL: ${server.source}`);
 const pool = new pg.Pool({ connectionString: server.url, max: 10 });
+// As pg recommends, the owner of a pool listens for its idle clients' errors. At the end, pool.end() resolves
+// before its sockets close, and stopping the embedded server then reports them: expected, so not printed.
+let closing = false;
+pool.on('error', (error) => {
+  if (!closing) console.error(`idle connection lost: ${error.message}`);
+});
 const outbox = createOutbox({ pool, schema: 'demo_outbox', logger: pino({ level: 'warn' }) });
 
 try {
@@ -96,6 +102,7 @@ try {
     console.log(`subscription ${s.name}: pending ${s.pending}, in flight ${s.inFlight}, dead ${s.dead}`);
   }
 } finally {
+  closing = true;
   await outbox.stop();
   await pool.end();
   await server.stop();
