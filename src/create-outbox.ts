@@ -41,7 +41,10 @@ export interface Outbox {
   migrate(): Promise<void>;
   publish(db: Queryable, topic: string, payload: unknown, options?: PublishOptions): Promise<PublishResult>;
   publishMany(db: Queryable, messages: readonly PublishInput[]): Promise<PublishResult[]>;
-  /** Drops the message's deliveries that have not started; returns how many were pending. */
+  /**
+   * In the caller's transaction: once it commits, no delivery of the message starts (the relay skips it, a claim
+   * drops it). Returns how many pending deliveries were dropped now: 0 when the relay had not fanned it out yet.
+   */
   cancel(db: Queryable, messageId: string | number | bigint): Promise<{ cancelled: number }>;
   /** Creates the subscription (consumer group) or updates its topics; the relay fans out to it from then on. */
   declareSubscription(name: string, options: { topics: string[] }): Promise<void>;
