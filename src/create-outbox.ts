@@ -47,7 +47,7 @@ export interface Outbox {
    */
   cancel(db: Queryable, messageId: string | number | bigint): Promise<{ cancelled: number }>;
   /** Creates the subscription (consumer group) or updates its topics; the relay fans out to it from then on. */
-  declareSubscription(name: string, options: { topics: string[] }): Promise<void>;
+  declareSubscription(name: string, options: { topics: string[]; ordered?: boolean }): Promise<void>;
   subscribe(
     name: string,
     options: SubscribeOptions & { mode: 'transactional' },
@@ -94,7 +94,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
   const onPoolError = (error: Error) => log.warn({ err: error }, 'idle pool connection lost');
 
   async function startConsumer(consumer: Consumer, name: string): Promise<void> {
-    const id = await upsertSubscription(pgExecutor(pool), schema, name, consumer.filter);
+    const id = await upsertSubscription(pgExecutor(pool), schema, name, consumer.filter, consumer.ordered);
     listener.add(id, consumer.wakeup);
     consumer.start(id);
   }
@@ -131,8 +131,19 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
     async declareSubscription(name, opts) {
       assertSubscriptionName(name);
-      assertKnownKeys('declareSubscription', opts, ['topics']);
-      await upsertSubscription(pgExecutor(pool), schema, name, topicFilter(opts.topics));
+      assertKnownKeys('declareSubscription', opts, ['topics', 'ordered']);
+      if (opts.ordered !== undefined && typeof opts.ordered !== 'boolean') {
+        throw new OutboxError('OUTBOX_INVALID_OPTION', 'ordered must be true or false', {
+          value: opts.ordered,
+        });
+      }
+      await upsertSubscription(
+        pgExecutor(pool),
+        schema,
+        name,
+        topicFilter(opts.topics),
+        opts.ordered ?? false,
+      );
     },
     subscribe(
       name: string,

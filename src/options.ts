@@ -54,6 +54,7 @@ export interface ResolvedSubscribeOptions {
   filter: TopicFilter;
   mode: SubscriptionMode;
   ordered: boolean;
+  blockKeyOnDead: boolean;
   maxAttempts: number;
   batchSize: number;
   concurrency: number;
@@ -174,6 +175,7 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     'topics',
     'mode',
     'ordered',
+    'blockKeyOnDead',
     'maxAttempts',
     'batchSize',
     'concurrency',
@@ -188,13 +190,11 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     });
   }
   const ordered = boolean('ordered', o.ordered, false);
-  if (ordered) {
+  const blockKeyOnDead = boolean('blockKeyOnDead', o.blockKeyOnDead, false);
+  if (blockKeyOnDead && !ordered) {
     throw new OutboxError(
-      'OUTBOX_NOT_SUPPORTED',
-      'ordered subscriptions are not available in this version yet',
-      {
-        value: ordered,
-      },
+      'OUTBOX_INVALID_OPTION',
+      'blockKeyOnDead applies to ordered subscriptions: set ordered: true',
     );
   }
   const retry = objectOrEmpty('retry', o.retry);
@@ -204,6 +204,7 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     filter: topicFilter(o.topics),
     mode,
     ordered,
+    blockKeyOnDead,
     maxAttempts: integer('maxAttempts', o.maxAttempts, 10, 1, 1000),
     batchSize: integer('batchSize', o.batchSize, 100, 1, 10_000),
     concurrency: integer('concurrency', o.concurrency, 10, 1, 1000),

@@ -61,8 +61,14 @@ export interface SubscribeOptions {
    * @defaultValue 'lease'
    */
   mode?: SubscriptionMode;
-  /** Per-key FIFO. Not available yet: `true` is rejected with OUTBOX_NOT_SUPPORTED. @defaultValue false */
+  /**
+   * Per-key FIFO: deliveries with the same `key` are handled one at a time, in relay order; different keys run in
+   * parallel. Messages without a key are not ordered. A failing head retries while its successors wait; once it is
+   * dead-lettered the key moves on (see blockKeyOnDead). @defaultValue false
+   */
   ordered?: boolean;
+  /** Ordered subscriptions: a dead-lettered head stops its key until it is replayed. @defaultValue false */
+  blockKeyOnDead?: boolean;
   /** Hand-outs before a delivery is dead-lettered. @defaultValue 10 */
   maxAttempts?: number;
   /** Deliveries claimed per statement, and the most this consumer holds at once. @defaultValue 100 */

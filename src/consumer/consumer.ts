@@ -70,6 +70,10 @@ export class Consumer {
     return this.config.options.filter;
   }
 
+  get ordered(): boolean {
+    return this.config.options.ordered;
+  }
+
   start(subscriptionId: number): void {
     if (this.loopDone !== null) return;
     this.subscriptionId = subscriptionId;
@@ -102,7 +106,7 @@ export class Consumer {
   }
 
   private async loop(): Promise<void> {
-    const { pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
+    const { pollIntervalMs, leaseMs, maxAttempts, blockKeyOnDead } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
     while (!this.stopping) {
@@ -120,6 +124,7 @@ export class Consumer {
           limit,
           leaseMs,
           maxAttempts,
+          blockKeyOnDead,
         });
         failures = 0;
         if (rows.length > 0)

@@ -31,11 +31,15 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
  * A row whose previous lease expired at maxAttempts is dead-lettered here instead of handed out, so a handler
  * that crashes its process every time still ends; a row whose message was cancelled is marked cancelled, and
  * one whose message was deleted from messages is dead-lettered rather than left blocking the head of the queue.
+ * Ordered subscriptions: a row is claimable only while no earlier delivery of its key is unfinished, checked per
+ * candidate through deliveries_ordered_key_idx. That earlier row stays 'pending' while leased or retrying, and a
+ * claimer that holds it locked has not changed its state, so a concurrent claim still sees it and skips the
+ * successor: two deliveries of one key are never leased at once, and a key's rows are leased in relay order.
  */
 export async function claimDeliveries(
   exec: Executor,
   s: SchemaName,
-  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number },
+  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; blockKeyOnDead: boolean },
 ): Promise<ClaimedRow[]> {
   // The message and the cancellation are looked up per claimed row through LATERAL ... LIMIT 1, which keeps them
   // primary-key probes: a plain join or NOT EXISTS lets the planner hash the whole messages table on every claim.
@@ -46,6 +50,16 @@ export async function claimDeliveries(
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
          AND q.available_at <= now()
+         -- Ordered subscriptions: only the head of each key, i.e. no earlier delivery of the key is unfinished
+         -- (pending, which includes leased and retrying, or dead when the key blocks on dead letters).
+         AND (q.ordered_key IS NULL OR NOT EXISTS (
+           SELECT 1
+           FROM ${s.quoted}.deliveries e
+           WHERE e.subscription_id = q.subscription_id
+             AND e.ordered_key = q.ordered_key
+             AND e.id < q.id
+             AND (e.state = 'pending' OR (e.state = 'dead' AND $7::boolean))
+         ))
        ORDER BY q.available_at, q.id
        LIMIT $2::int
        FOR UPDATE SKIP LOCKED
@@ -90,7 +104,15 @@ export async function claimDeliveries(
      WHERE d.id = decided.id
      RETURNING d.id AS delivery_id, d.message_id, d.state, d.attempt, d.last_error, decided.topic, decided.key,
                decided.payload, decided.headers, decided.created_at, decided.deliver_at`,
-    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR, MESSAGE_MISSING_ERROR],
+    [
+      p.subscriptionId,
+      p.limit,
+      p.leaseMs,
+      p.maxAttempts,
+      LEASE_EXPIRED_ERROR,
+      MESSAGE_MISSING_ERROR,
+      p.blockKeyOnDead,
+    ],
   );
 }
 

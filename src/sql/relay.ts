@@ -95,8 +95,8 @@ export async function relayBatch(
        SELECT tx_id, id FROM batch ORDER BY tx_id DESC, id DESC LIMIT 1
      ),
      inserted AS (
-       INSERT INTO ${s.quoted}.deliveries (subscription_id, message_id, key, available_at)
-       SELECT sub.id, b.id, b.key, coalesce(b.deliver_at, b.created_at)
+       INSERT INTO ${s.quoted}.deliveries (subscription_id, message_id, key, ordered_key, available_at)
+       SELECT sub.id, b.id, b.key, CASE WHEN sub.ordered THEN b.key END, coalesce(b.deliver_at, b.created_at)
        FROM batch b
        JOIN ${s.quoted}.subscriptions sub
          ON b.topic = ANY (sub.topics) OR b.topic ~ sub.topic_pattern

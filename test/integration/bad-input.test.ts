@@ -384,10 +384,10 @@ describe('bad input', () => {
         options: { topics: ['order.paid'], group: 'x' } as SubscribeOptions,
       },
       {
-        title: 'ordered: true',
-        code: 'OUTBOX_NOT_SUPPORTED' as const,
+        title: 'blockKeyOnDead without ordered',
+        code: 'OUTBOX_INVALID_OPTION' as const,
         name: 'bad-ordered',
-        options: { topics: ['order.paid'], ordered: true },
+        options: { topics: ['order.paid'], blockKeyOnDead: true },
       },
       {
         title: 'an invalid topic filter',
@@ -419,8 +419,8 @@ describe('bad input', () => {
     it('does not register a subscribe call that was rejected, so a corrected one succeeds', async () => {
       const o = t.outbox({ relay: { enabled: false } });
       await expectOutboxError(
-        () => o.subscribe('bad-retry', { topics: ['order.paid'], ordered: true }, handler),
-        'OUTBOX_NOT_SUPPORTED',
+        () => o.subscribe('bad-retry', { topics: ['order.paid'], blockKeyOnDead: true }, handler),
+        'OUTBOX_INVALID_OPTION',
       );
       expect(() => o.subscribe('bad-retry', { topics: ['order.paid'] }, handler)).not.toThrow();
       await expectOutboxError(

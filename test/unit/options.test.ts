@@ -116,6 +116,7 @@ describe('resolveSubscribeOptions', () => {
       },
       mode: 'lease',
       ordered: false,
+      blockKeyOnDead: false,
       maxAttempts: 10,
       batchSize: 100,
       concurrency: 10,
@@ -154,8 +155,12 @@ describe('resolveSubscribeOptions', () => {
     expectCode(subscribeWith({ retry: { max: 1 } }), 'OUTBOX_UNKNOWN_OPTION', 'max');
   });
 
-  it('rejects ordered: true with OUTBOX_NOT_SUPPORTED', () => {
-    expectCode(subscribeWith({ ordered: true }), 'OUTBOX_NOT_SUPPORTED');
+  it('rejects blockKeyOnDead without ordered with OUTBOX_INVALID_OPTION', () => {
+    expectCode(subscribeWith({ blockKeyOnDead: true }), 'OUTBOX_INVALID_OPTION');
+    expect(resolveSubscribeOptions({ topics: ['a'], ordered: true, blockKeyOnDead: true })).toMatchObject({
+      ordered: true,
+      blockKeyOnDead: true,
+    });
   });
 
   it.each([
