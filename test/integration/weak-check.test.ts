@@ -1,25 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
+import { REDIS_URL, redisAnswers } from '../helpers/redis.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createWeakCheck, RetryAfterError } from '../../src/index.js';
 import { setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
-
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-
-/** Redis is optional for a new user's machine; CI and this machine have one on 6379. */
-async function redisAnswers(): Promise<boolean> {
-  const probe = createClient({ url: REDIS_URL, socket: { connectTimeout: 1000, reconnectStrategy: false } });
-  probe.on('error', () => undefined);
-  try {
-    await probe.connect();
-    await probe.ping();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await probe.close().catch(() => undefined);
-  }
-}
 
 describe.skipIf(!(await redisAnswers()))('weak idempotency check (Redis)', () => {
   const redis = createClient({ url: REDIS_URL });
