@@ -75,7 +75,11 @@ export interface SubscribeOptions {
   batchSize?: number;
   /** Handlers running at once (transactional mode: transactions at once). @defaultValue 10 */
   concurrency?: number;
-  /** How long a claim is exclusive; an unacked delivery is handed out again after it. @defaultValue 30_000 */
+  /**
+   * How long a claim stays exclusive without news from its consumer. Lease mode extends the leases of running
+   * handlers every leaseMs / 3, so only a dead or stalled consumer loses a delivery; queued, unstarted work is
+   * given back at 90% of it. @defaultValue 30_000
+   */
   leaseMs?: number;
   /** Safety-net poll when no wake-up arrives. @defaultValue 1000 */
   pollIntervalMs?: number;

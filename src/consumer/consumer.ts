@@ -16,6 +16,7 @@ import {
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
 import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
+import { LeaseKeeper } from './lease-keeper.js';
 import { SettleBuffer } from './settle-buffer.js';
 import { runTransactionalLane } from './transactional-lane.js';
 
@@ -53,12 +54,14 @@ export class Consumer {
   /** Deliveries inside running lanes. */
   private active = 0;
   private readonly settler: SettleBuffer;
+  private readonly keeper: LeaseKeeper;
   private readonly log: Logger;
   private readonly policy: RetryPolicy;
 
   constructor(private readonly config: ConsumerConfig) {
     this.log = config.logger.child({ component: 'consumer', subscription: config.name });
     this.policy = { maxAttempts: config.options.maxAttempts, ...config.options.retry };
+    this.keeper = new LeaseKeeper(config.pool, config.schema, config.options.leaseMs, this.log);
     this.settler = new SettleBuffer(
       (items) => settleDeliveries(pgExecutor(config.pool), config.schema, items),
       (items, settled) => this.report(items, settled),
@@ -79,6 +82,7 @@ export class Consumer {
     this.subscriptionId = subscriptionId;
     this.stopping = false;
     this.loopDone = this.loop();
+    if (this.config.options.mode === 'lease') this.keeper.start();
   }
 
   /** Stops claiming, gives back unstarted work, waits for running handlers up to timeoutMs. */
@@ -101,7 +105,9 @@ export class Consumer {
         'stop timed out; unfinished deliveries return after their lease',
       );
       for (const c of this.held.values()) c.lease.controller.abort(new Error('consumer stopped'));
+      this.keeper.abortAll(new Error('consumer stopped'));
     }
+    await this.keeper.stop();
     await this.settler.close();
   }
 
@@ -220,11 +226,14 @@ export class Consumer {
     // Its lease ran out while it waited in the queue: give it back (a no-op if another consumer holds it now).
     if (Date.now() >= c.lease.expiresAt) return this.release([c]);
     const handler = this.config.handler as Handler<LeaseContext>;
+    const signal = this.keeper.track(c);
     try {
-      await handler(c.message, { signal: c.lease.controller.signal });
+      await handler(c.message, { signal });
       this.settler.add(doneSettlement(c));
     } catch (error) {
       this.settler.add(failedSettlement(c, error, this.policy));
+    } finally {
+      this.keeper.untrack(c);
     }
   }
 

@@ -269,3 +269,29 @@ export async function cancelDeliveries(exec: Executor, s: SchemaName, messageId:
   );
   return rows.length;
 }
+
+/**
+ * Extends the leases of deliveries whose handlers are still running (lease mode), so a live consumer keeps what
+ * it holds however long its handler takes. Fenced by attempt: a delivery that was claimed again, or settled, is
+ * not extended and its id is missing from the result. Lease-mode rows are locked only for the instant of a claim
+ * or an ack, so this UPDATE does not wait behind a handler.
+ */
+export async function extendLeases(
+  exec: Executor,
+  s: SchemaName,
+  items: { deliveryId: string; attempt: number }[],
+  leaseMs: number,
+): Promise<Set<string>> {
+  const rows = await exec.query<{ id: string }>(
+    `UPDATE ${s.quoted}.deliveries d
+     SET available_at = now() + $3::int * interval '1 millisecond',
+         leased_until = now() + $3::int * interval '1 millisecond'
+     FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)
+     WHERE d.id = f.id
+       AND d.attempt = f.attempt
+       AND d.state = 'pending'
+     RETURNING d.id`,
+    [items.map((i) => i.deliveryId), items.map((i) => i.attempt), leaseMs],
+  );
+  return new Set(rows.map((r) => r.id));
+}

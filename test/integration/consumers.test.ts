@@ -194,6 +194,42 @@ describe('consumers', () => {
     await outbox.stop();
   });
 
+  it('keeps extending the lease of a handler that runs past leaseMs, so no other consumer takes it', async () => {
+    const a = t.outbox({ relay: { enabled: true } });
+    const b = t.outbox({ relay: { enabled: false } });
+    const options = { topics: ['long.test'], leaseMs: 300, pollIntervalMs: 50 };
+    let started = false;
+    let aborted = false;
+    let finish: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    a.subscribe('long', options, async (_m, ctx) => {
+      started = true;
+      await gate;
+      aborted = ctx.signal.aborted;
+    });
+    const seenByB: string[] = [];
+    b.subscribe('long', options, (m) => {
+      seenByB.push(m.id);
+    });
+    await a.start();
+    const { id } = await a.publish(t.pool, 'long.test', { slow: true });
+    await waitFor('the slow handler started', () => started);
+    await b.start();
+    // Four leases long: without extension b would claim it after the first.
+    const until = Date.now() + 1200;
+    await waitFor('four leases passed', () => Date.now() >= until);
+    finish();
+    await waitFor('acked', async () => (await states(t, 'long')).done === 1);
+    expect(seenByB).toEqual([]);
+    expect(aborted).toBe(false);
+    const { rows } = await t.pool.query<{ attempt: number }>(
+      `SELECT attempt FROM outbox.message_deliveries WHERE message_id = $1`,
+      [id],
+    );
+    expect(rows).toEqual([{ attempt: 1 }]);
+    await Promise.all([a.stop(), b.stop()]);
+  });
+
   it('dead-letters a delivery whose message was deleted instead of letting it block the queue', async () => {
     const outbox = t.outbox();
     await outbox.declareSubscription('orphan', { topics: ['orphan.test'] });

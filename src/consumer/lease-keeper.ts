@@ -1,0 +1,95 @@
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { pgExecutor } from '../db/executor.js';
+import type { SchemaName } from '../db/identifiers.js';
+import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
+import { extendLeases } from '../sql/deliveries.js';
+import { fenceOf, type Claimed } from './claimed.js';
+
+interface Running {
+  controller: AbortController;
+  /** Lease end as this process knows it (Node clock at the sending of the last successful extension). */
+  expiresAt: number;
+}
+
+/**
+ * Lease mode: while a handler runs, its delivery's lease is extended every third of leaseMs, in one statement
+ * for all running handlers. A live consumer therefore never loses a delivery to another consumer, however long
+ * its handler takes; only a dead or stalled process does. When an extension finds the delivery claimed again, or
+ * the lease runs out because extensions kept failing, the handler's ctx.signal is aborted.
+ */
+export class LeaseKeeper {
+  private readonly running = new Map<Claimed, Running>();
+  private readonly wakeup = new Wakeup();
+  private loopDone: Promise<void> | null = null;
+  private stopping = false;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly schema: SchemaName,
+    private readonly leaseMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Registers a handler that starts now; returns the signal its context carries. */
+  track(c: Claimed): AbortSignal {
+    const controller = new AbortController();
+    this.running.set(c, { controller, expiresAt: c.lease.expiresAt });
+    return controller.signal;
+  }
+
+  untrack(c: Claimed): void {
+    this.running.delete(c);
+  }
+
+  abortAll(reason: Error): void {
+    for (const r of this.running.values()) r.controller.abort(reason);
+  }
+
+  start(): void {
+    if (this.loopDone !== null) return;
+    this.stopping = false;
+    this.loopDone = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    if (this.loopDone === null) return;
+    this.stopping = true;
+    this.wakeup.nudge();
+    await this.loopDone;
+    this.loopDone = null;
+  }
+
+  private async loop(): Promise<void> {
+    const interval = Math.max(50, Math.floor(this.leaseMs / 3));
+    let failures = 0;
+    while (!this.stopping) {
+      await this.wakeup.wait(failures === 0 ? interval : Math.min(interval, errorBackoffMs(failures)));
+      if (this.running.size === 0 || this.stopping) continue;
+      const items = [...this.running.keys()];
+      const sentAt = Date.now();
+      try {
+        const extended = await extendLeases(
+          pgExecutor(this.pool),
+          this.schema,
+          items.map(fenceOf),
+          this.leaseMs,
+        );
+        failures = 0;
+        for (const c of items) {
+          const r = this.running.get(c);
+          if (r === undefined) continue;
+          if (extended.has(c.message.deliveryId)) r.expiresAt = sentAt + this.leaseMs;
+          else r.controller.abort(new Error('lease lost: the delivery was claimed by another consumer'));
+        }
+      } catch (error) {
+        failures += 1;
+        this.log.warn({ err: error, running: items.length }, 'extending leases failed');
+      }
+      const now = Date.now();
+      for (const r of this.running.values()) {
+        if (now >= r.expiresAt) r.controller.abort(new Error(`lease of ${this.leaseMs} ms ran out`));
+      }
+    }
+  }
+}
