@@ -23,6 +23,7 @@ export interface ChildSubscription {
   maxAttempts?: number;
   batchSize?: number;
   concurrency?: number;
+  ordered?: boolean;
 }
 
 export interface ChildConfig {
