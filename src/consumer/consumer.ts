@@ -32,6 +32,11 @@ export interface ConsumerConfig {
 
 /** When due rows exist but other consumers hold them, wait this long before claiming again. */
 const BUSY_RETRY_MS = 2;
+/**
+ * Ordered subscriptions: due rows that wait behind their key's head are not claimable until that head settles,
+ * which may take a handler's time on another consumer; poll them gently (a local settle nudges at once).
+ */
+const ORDERED_BUSY_RETRY_MS = 25;
 /** Largest chunk one transactional-mode transaction handles. */
 const MAX_TRANSACTION_CHUNK = 100;
 
@@ -137,9 +142,8 @@ export class Consumer {
           this.accept(rows, new Lease(rows.length, leaseMs, sentAt, (l) => this.giveBack(l)));
         if (rows.length === limit) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
-        await this.wakeup.wait(
-          Math.min(Math.max(nextDueMs ?? pollIntervalMs, BUSY_RETRY_MS), pollIntervalMs),
-        );
+        const busyMs = this.config.options.ordered ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
+        await this.wakeup.wait(Math.min(Math.max(nextDueMs ?? pollIntervalMs, busyMs), pollIntervalMs));
       } catch (error) {
         failures += 1;
         this.log.error({ err: error }, 'claim failed');
@@ -287,7 +291,8 @@ export class Consumer {
         this.config.events.emit('delivery:dead', { ...info, error: item.error });
       }
     }
-    // A retry changes the next due time, which the claim loop may have read just before this write.
-    if (retried) this.wakeup.nudge();
+    // A retry changes the next due time, which the claim loop may have read just before this write; in an ordered
+    // subscription any settled head lets the next delivery of its key become claimable.
+    if (retried || (this.config.options.ordered && settled.size > 0)) this.wakeup.nudge();
   }
 }
