@@ -14,7 +14,7 @@ export function isId(value: unknown): boolean {
   return typeof value === 'string' && /^[1-9]\d{0,18}$/.test(value) && BigInt(value) <= 9223372036854775807n;
 }
 
-export async function subscriptionIdOf(exec: Executor, s: SchemaName, name: string): Promise<number> {
+async function subscriptionIdOf(exec: Executor, s: SchemaName, name: string): Promise<number> {
   assertSubscriptionName(name);
   const id = await selectSubscriptionId(exec, s, name);
   if (id === null) {

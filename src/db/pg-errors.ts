@@ -19,16 +19,6 @@ export function isUndefinedTableOrSchema(error: unknown): boolean {
   return state === '42P01' || state === '3F000';
 }
 
-/**
- * Errors that mean "the connection or server went away": class 08 (connection exception), 57P01-57P03 (admin
- * shutdown, crash shutdown, cannot connect now), or a socket error without a SQLSTATE.
- */
-export function isConnectionError(error: unknown): boolean {
-  const state = sqlState(error);
-  if (state === undefined) return error instanceof Error;
-  return state.startsWith('08') || state === '57P01' || state === '57P02' || state === '57P03';
-}
-
 /** 40P01 deadlock detected, 40001 serialization failure: the transaction lost a race and can simply run again. */
 export function isTransactionConflict(error: unknown): boolean {
   const state = sqlState(error);

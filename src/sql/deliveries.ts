@@ -16,7 +16,7 @@ export interface ClaimedRow {
   deliver_at: Date | null;
 }
 
-export const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer crashed, stalled or timed out';
+const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer crashed, stalled or timed out';
 const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages table';
 
 /**
