@@ -16,6 +16,7 @@ import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOp
 import { publish, publishMany } from './producer/publish.js';
 import { createRelay } from './relay/relay.js';
 import { Listener } from './runtime/listener.js';
+import { withPayloadSchema } from './consumer/payload-schema.js';
 import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';
@@ -48,12 +49,16 @@ export interface Outbox {
   cancel(db: Queryable, messageId: string | number | bigint): Promise<{ cancelled: number }>;
   /** Creates the subscription (consumer group) or updates its topics; the relay fans out to it from then on. */
   declareSubscription(name: string, options: { topics: string[]; ordered?: boolean }): Promise<void>;
-  subscribe(
+  subscribe<Payload = unknown>(
     name: string,
-    options: SubscribeOptions & { mode: 'transactional' },
-    handler: Handler<TransactionalContext>,
+    options: SubscribeOptions<Payload> & { mode: 'transactional' },
+    handler: Handler<TransactionalContext, Payload>,
   ): void;
-  subscribe(name: string, options: SubscribeOptions, handler: Handler<LeaseContext>): void;
+  subscribe<Payload = unknown>(
+    name: string,
+    options: SubscribeOptions<Payload>,
+    handler: Handler<LeaseContext, Payload>,
+  ): void;
   /** Starts the relay and the registered consumers in this process. Idempotent. */
   start(): Promise<void>;
   /** Stops claiming, finishes or releases in-flight work, stops the relay. Idempotent. */
@@ -171,7 +176,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
         schema,
         pool,
         options: resolved,
-        handler,
+        handler: withPayloadSchema(handler as Handler<unknown>, resolved.schema),
         logger: config.logger,
         events,
       });

@@ -51,7 +51,7 @@ export class RetryAfterError extends Error {
 
 /** Thrown from a handler to dead-letter the delivery at once, without further attempts. */
 export class DiscardError extends Error {
-  override readonly name = 'DiscardError';
+  override readonly name: string = 'DiscardError';
 }
 
 export function retryAfter(delayMs: number, reason?: string): RetryAfterError {

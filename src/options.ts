@@ -3,17 +3,27 @@ import { pino, type Logger } from 'pino';
 import { OutboxError } from './errors.js';
 import { schemaName, type SchemaName } from './db/identifiers.js';
 import { topicFilter, type TopicFilter } from './topics.js';
-import type { SubscribeOptions, SubscriptionMode } from './types.js';
+import type { StandardSchemaV1, SubscribeOptions, SubscriptionMode } from './types.js';
 
 export interface RelayOptions {
   /** Run the relay in this process (one process per schema is active; the others stand by). @defaultValue true */
   enabled?: boolean;
   /** Messages fanned out per transaction. @defaultValue 1000 */
   batchSize?: number;
-  /** Pause between polls of the outbox when it is drained. @defaultValue 20 */
+  /**
+   * Pause between polls of the outbox when it is drained. While messages keep arriving (a batch found some in the
+   * last second) the relay polls every 5 ms instead, or every pollIntervalMs when that is shorter.
+   * @defaultValue 20
+   */
   pollIntervalMs?: number;
   /** How often a standby relay tries to take over. @defaultValue 1000 */
   standbyPollMs?: number;
+  /**
+   * How long the relay's connection may stay silent before it is given up: its queries time out after this, and
+   * Postgres ends the session (releasing the relay lock) once it has been idle this long past its poll interval,
+   * so a standby takes over from a relay whose network path died or whose process froze. @defaultValue 30_000
+   */
+  sessionTimeoutMs?: number;
   /** How often the active relay runs the cleanup (expired idempotency keys). @defaultValue 60_000 */
   maintenanceIntervalMs?: number;
 }
@@ -52,6 +62,7 @@ export interface ResolvedOptions {
 
 export interface ResolvedSubscribeOptions {
   filter: TopicFilter;
+  schema: StandardSchemaV1 | undefined;
   mode: SubscriptionMode;
   ordered: boolean;
   blockKeyOnDead: boolean;
@@ -137,11 +148,12 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'batchSize',
     'pollIntervalMs',
     'standbyPollMs',
+    'sessionTimeoutMs',
     'maintenanceIntervalMs',
   ]);
   return {
     pool: options.pool,
-    schema: schemaName(options.schema ?? 'outbox'),
+    schema: schemaName(options.schema === undefined ? 'outbox' : options.schema),
     logger: options.logger ?? pino({ level: 'warn' }),
     maxPayloadBytes: integer('maxPayloadBytes', o.maxPayloadBytes, 1_048_576, 1, 256 * 1_048_576),
     relay: {
@@ -149,6 +161,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
       batchSize: integer('relay.batchSize', relay.batchSize, 1000, 1, 100_000),
       pollIntervalMs: integer('relay.pollIntervalMs', relay.pollIntervalMs, 20, 1, 60_000),
       standbyPollMs: integer('relay.standbyPollMs', relay.standbyPollMs, 1000, 10, 600_000),
+      sessionTimeoutMs: integer('relay.sessionTimeoutMs', relay.sessionTimeoutMs, 30_000, 1_000, 3_600_000),
       maintenanceIntervalMs: integer(
         'relay.maintenanceIntervalMs',
         relay.maintenanceIntervalMs,
@@ -182,6 +195,7 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     'leaseMs',
     'pollIntervalMs',
     'retry',
+    'schema',
   ]);
   const mode = o.mode ?? 'lease';
   if (mode !== 'lease' && mode !== 'transactional') {
@@ -202,6 +216,7 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
   const minDelayMs = integer('retry.minDelayMs', retry.minDelayMs, 1000, 0, DAY_MS);
   return {
     filter: topicFilter(o.topics),
+    schema: payloadSchema(o.schema),
     mode,
     ordered,
     blockKeyOnDead,
@@ -221,4 +236,20 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
       ),
     },
   };
+}
+
+function payloadSchema(value: unknown): StandardSchemaV1 | undefined {
+  if (value === undefined) return undefined;
+  // Validators may be functions (arktype's are), so look up the property on either kind of object.
+  const holder = value !== null && (typeof value === 'object' || typeof value === 'function') ? value : null;
+  const standard = (holder === null ? undefined : Reflect.get(holder, '~standard')) as
+    { version?: unknown; validate?: unknown } | undefined;
+  if (standard?.version !== 1 || typeof standard.validate !== 'function') {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'schema must be a Standard Schema v1 validator (zod 3.24+, valibot 1, arktype 2, ...)',
+      { value: typeof value },
+    );
+  }
+  return value as StandardSchemaV1;
 }

@@ -52,7 +52,7 @@ export interface RetryOptions {
   maxDelayMs?: number;
 }
 
-export interface SubscribeOptions {
+export interface SubscribeOptions<Payload = unknown> {
   /** Topic names and patterns (`order.*` one segment, `order.#` one or more). */
   topics: string[];
   /**
@@ -84,6 +84,34 @@ export interface SubscribeOptions {
   /** Safety-net poll when no wake-up arrives. @defaultValue 1000 */
   pollIntervalMs?: number;
   retry?: RetryOptions;
+  /**
+   * A Standard Schema validator (zod, valibot, arktype, ...) for the payload. A payload that fails it is
+   * dead-lettered at once, with the issues as its last error, and the handler is not called; the handler receives
+   * the validator's output. @defaultValue none
+   */
+  schema?: StandardSchemaV1<unknown, Payload>;
+}
+
+/** The Standard Schema v1 interface (https://standardschema.dev), copied as its spec asks; no dependency. */
+export interface StandardSchemaV1<Input = unknown, Output = Input> {
+  readonly '~standard': {
+    readonly version: 1;
+    readonly vendor: string;
+    readonly validate: (
+      value: unknown,
+    ) => StandardSchemaV1.Result<Output> | Promise<StandardSchemaV1.Result<Output>>;
+    readonly types?: { readonly input: Input; readonly output: Output } | undefined;
+  };
+}
+
+// eslint-disable-next-line @typescript-eslint/no-namespace -- the spec's own shape, so validators' types match
+export declare namespace StandardSchemaV1 {
+  type Result<Output> =
+    { readonly value: Output; readonly issues?: undefined } | { readonly issues: readonly Issue[] };
+  interface Issue {
+    readonly message: string;
+    readonly path?: readonly (PropertyKey | { readonly key: PropertyKey })[] | undefined;
+  }
 }
 
 export interface LeaseContext {
@@ -103,7 +131,10 @@ export interface TransactionalContext extends LeaseContext {
   once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>>;
 }
 
-export type Handler<Ctx> = (message: OutboxMessage, ctx: Ctx) => Promise<void> | void;
+export type Handler<Ctx, Payload = unknown> = (
+  message: OutboxMessage<Payload>,
+  ctx: Ctx,
+) => Promise<void> | void;
 
 export interface DeadLetter {
   deliveryId: string;

@@ -230,9 +230,9 @@ export class Consumer {
     // Its lease ran out while it waited in the queue: give it back (a no-op if another consumer holds it now).
     if (Date.now() >= c.lease.expiresAt) return this.release([c]);
     const handler = this.config.handler as Handler<LeaseContext>;
-    const signal = this.keeper.track(c);
+    const context = this.keeper.track(c);
     try {
-      await handler(c.message, { signal });
+      await handler(c.message, context);
       this.settler.add(doneSettlement(c));
     } catch (error) {
       this.settler.add(failedSettlement(c, error, this.policy));

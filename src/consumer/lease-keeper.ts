@@ -4,10 +4,14 @@ import { pgExecutor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { extendLeases } from '../sql/deliveries.js';
+import type { LeaseContext } from '../types.js';
 import { fenceOf, type Claimed } from './claimed.js';
 
 interface Running {
-  controller: AbortController;
+  /** Created when the handler first reads ctx.signal: most handlers never do, and one per delivery costs. */
+  controller: AbortController | null;
+  /** Why the handler should stop, kept until the signal is created. */
+  reason: Error | undefined;
   /** Lease end as this process knows it (Node clock at the sending of the last successful extension). */
   expiresAt: number;
 }
@@ -31,11 +35,19 @@ export class LeaseKeeper {
     private readonly log: Logger,
   ) {}
 
-  /** Registers a handler that starts now; returns the signal its context carries. */
-  track(c: Claimed): AbortSignal {
-    const controller = new AbortController();
-    this.running.set(c, { controller, expiresAt: c.lease.expiresAt });
-    return controller.signal;
+  /** Registers a handler that starts now; returns its context, whose signal is made on first use. */
+  track(c: Claimed): LeaseContext {
+    const r: Running = { controller: null, reason: undefined, expiresAt: c.lease.expiresAt };
+    this.running.set(c, r);
+    return {
+      get signal() {
+        if (r.controller === null) {
+          r.controller = new AbortController();
+          if (r.reason !== undefined) r.controller.abort(r.reason);
+        }
+        return r.controller.signal;
+      },
+    };
   }
 
   untrack(c: Claimed): void {
@@ -43,7 +55,7 @@ export class LeaseKeeper {
   }
 
   abortAll(reason: Error): void {
-    for (const r of this.running.values()) r.controller.abort(reason);
+    for (const r of this.running.values()) abort(r, reason);
   }
 
   start(): void {
@@ -80,7 +92,7 @@ export class LeaseKeeper {
           const r = this.running.get(c);
           if (r === undefined) continue;
           if (extended.has(c.message.deliveryId)) r.expiresAt = sentAt + this.leaseMs;
-          else r.controller.abort(new Error('lease lost: the delivery was claimed by another consumer'));
+          else abort(r, new Error('lease lost: the delivery was claimed by another consumer'));
         }
       } catch (error) {
         failures += 1;
@@ -88,8 +100,13 @@ export class LeaseKeeper {
       }
       const now = Date.now();
       for (const r of this.running.values()) {
-        if (now >= r.expiresAt) r.controller.abort(new Error(`lease of ${this.leaseMs} ms ran out`));
+        if (now >= r.expiresAt) abort(r, new Error(`lease of ${this.leaseMs} ms ran out`));
       }
     }
   }
+}
+
+function abort(r: Running, reason: Error): void {
+  if (r.controller !== null) r.controller.abort(reason);
+  else r.reason ??= reason;
 }

@@ -10,8 +10,10 @@ export async function connectDedicated(
   pool: pg.Pool,
   log: Logger,
   onLost: (client: pg.Client, error: Error) => void,
+  queryTimeoutMs?: number,
 ): Promise<pg.Client> {
-  const client = new pg.Client({ ...pool.options, keepAlive: true });
+  // query_timeout: a query on a silent (half-open) connection fails after this instead of waiting for the kernel.
+  const client = new pg.Client({ ...pool.options, keepAlive: true, query_timeout: queryTimeoutMs });
   client.on('error', (error) => {
     log.warn({ err: error }, 'dedicated connection error');
     onLost(client, error);

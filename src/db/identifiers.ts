@@ -22,10 +22,10 @@ export function schemaName(name: unknown): SchemaName {
       { value: name },
     );
   }
-  if (name.startsWith('pg_')) {
+  if (name.startsWith('pg_') || name === 'information_schema') {
     throw new OutboxError(
       'OUTBOX_INVALID_SCHEMA',
-      `Invalid schema name "${name}": names starting with pg_ are reserved`,
+      `Invalid schema name "${name}": pg_* and information_schema are reserved for the system`,
       {
         value: name,
       },

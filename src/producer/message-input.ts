@@ -1,4 +1,5 @@
 import { OutboxError } from '../errors.js';
+import { isStorableText } from '../idempotency-key.js';
 import { assertTopic } from '../topics.js';
 import type { PublishOptions } from '../types.js';
 
@@ -55,11 +56,11 @@ function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY'
     typeof value !== 'string' ||
     value.length === 0 ||
     value.length > MAX_KEY_LENGTH ||
-    value.includes('\0')
+    !isStorableText(value)
   ) {
     throw new OutboxError(
       code,
-      `${name} must be a non-empty string of at most ${MAX_KEY_LENGTH} characters`,
+      `${name} must be a non-empty string of at most ${MAX_KEY_LENGTH} characters, without NUL characters or lone UTF-16 surrogates`,
       {
         value,
       },

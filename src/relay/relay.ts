@@ -5,8 +5,8 @@ import { pgExecutor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedOptions } from '../options.js';
-import { releaseRelayLock, tryRelayLock } from '../sql/locks.js';
-import { readRelayWindow, relayBatch } from '../sql/relay.js';
+import { limitRelaySession, releaseRelayLock, tryRelayLock } from '../sql/locks.js';
+import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch } from '../sql/relay.js';
 import { runCleanup } from '../maintenance.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 
@@ -21,6 +21,13 @@ import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
  * xid8 cursor below pg_snapshot_xmin (watermill-sql), nothing waits for the oldest open transaction; unlike
  * claim-and-mark, the messages table is append-only (no UPDATE per message, no dead tuples).
  */
+
+/**
+ * While traffic flows the relay polls this often: a shorter wait is most of the commit-to-handler latency, and it
+ * costs polls only while there is work. A batch that found messages keeps the relay in this mode for ACTIVE_FOR_MS.
+ */
+const ACTIVE_POLL_MS = 5;
+const ACTIVE_FOR_MS = 1_000;
 
 export interface Relay {
   start(): void;
@@ -47,7 +54,7 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
 
   async function runBatch(conn: pg.Client, schema: SchemaName): Promise<number> {
     const exec = pgExecutor(conn);
-    await conn.query('BEGIN');
+    await conn.query(BEGIN_RELAY_BATCH);
     try {
       const window = await readRelayWindow(exec, schema);
       const result = await relayBatch(exec, schema, window, batchSize);
@@ -70,7 +77,14 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
 
   async function step(): Promise<number> {
     if (client === null) {
-      client = await connectDedicated(config.pool, log, (lost) => dropConnection(lost));
+      const { sessionTimeoutMs } = config.relay;
+      const conn = await connectDedicated(config.pool, log, (lost) => dropConnection(lost), sessionTimeoutMs);
+      client = conn;
+      await limitRelaySession(pgExecutor(conn), {
+        idleInTransactionMs: sessionTimeoutMs,
+        // The relay is idle between polls for up to the longer of its two intervals.
+        idleMs: sessionTimeoutMs + Math.max(pollIntervalMs, standbyPollMs),
+      });
     }
     const conn = client;
     if (!leader) {
@@ -90,6 +104,10 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
     if (result.processedKeysDeleted > 0) log.info(result, 'cleanup');
   }
 
+  let lastActive = 0;
+  const idleWaitMs = () =>
+    Date.now() - lastActive < ACTIVE_FOR_MS ? Math.min(pollIntervalMs, ACTIVE_POLL_MS) : pollIntervalMs;
+
   async function loop(): Promise<void> {
     let failures = 0;
     while (!stopping) {
@@ -97,8 +115,9 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
         const relayed = await step();
         if (client !== null) await maybeCleanup(client);
         failures = 0;
+        if (relayed > 0) lastActive = Date.now();
         if (relayed === -1) await wakeup.wait(standbyPollMs);
-        else if (relayed < batchSize) await wakeup.wait(pollIntervalMs);
+        else if (relayed < batchSize) await wakeup.wait(idleWaitMs());
       } catch (error) {
         failures += 1;
         log.error({ err: error }, 'relay step failed');

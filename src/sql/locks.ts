@@ -17,3 +17,21 @@ export async function tryRelayLock(exec: Executor, s: SchemaName): Promise<boole
 export async function releaseRelayLock(exec: Executor, s: SchemaName): Promise<void> {
   await exec.query(`SELECT pg_advisory_unlock($1::int, hashtext($2::text))`, [RELAY_LOCK_CLASS, s.name]);
 }
+
+/**
+ * Server-side limits for the relay's session, so that Postgres itself ends a session whose client went silent (a
+ * dead network path, a frozen process) and frees the relay lock for a standby: idle inside a transaction for
+ * idleInTransactionMs, or idle between statements for idleMs (PostgreSQL 14+; on 13 only the first applies).
+ */
+export async function limitRelaySession(
+  exec: Executor,
+  p: { idleInTransactionMs: number; idleMs: number },
+): Promise<void> {
+  await exec.query(
+    `SELECT set_config('idle_in_transaction_session_timeout', $1::int::text, false),
+            CASE WHEN current_setting('server_version_num')::int >= 140000
+                 THEN set_config('idle_session_timeout', $2::int::text, false)
+            END`,
+    [p.idleInTransactionMs, p.idleMs],
+  );
+}

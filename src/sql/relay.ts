@@ -17,6 +17,18 @@ export interface RelayWindow {
 }
 
 /**
+ * Opens a relay batch's transaction (one round trip: a simple-query string).
+ * synchronous_commit off: the commit does not wait for its WAL flush. Safe because the relay's writes are
+ * derived: the messages were committed durably by their producers, and a crash that loses this commit loses the
+ * deliveries and the relay_state advance together, so the batch is relayed again. Anything durable that saw these
+ * rows (an ack, a handler transaction) commits later in the WAL, so flushing it flushes this commit too. Saves an
+ * fsync per batch on the commit-to-handler path.
+ * jit off: once messages has statistics, a full batch's estimated cost passes jit_above_cost, and compiling the
+ * statement took 300 ms of a 330 ms batch of 5,000 (27 ms without), on every batch.
+ */
+export const BEGIN_RELAY_BATCH = 'BEGIN; SET LOCAL synchronous_commit TO off; SET LOCAL jit TO off';
+
+/**
  * Reads the relay position and, when no window is open, takes pg_current_snapshot() as the new upper end.
  * Plain read, no row lock: idle polls write nothing; relayBatch's version check catches a concurrent writer.
  */

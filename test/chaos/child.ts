@@ -67,7 +67,15 @@ const running = new Set<ChildProcess>();
 
 /** Starts the consumer fixture in a new Node process that runs TypeScript through tsx. */
 export function spawnConsumer(config: ChildConfig): ConsumerChild {
-  const proc = spawn(process.execPath, ['--import', 'tsx', FIXTURE], {
+  return spawnFixture(FIXTURE, config);
+}
+
+/**
+ * Starts a fixture script (a path under test/chaos/fixtures) in a new Node process; it reads `config` as JSON
+ * from CHAOS_CONFIG and writes one JSON event per stdout line.
+ */
+export function spawnFixture(fixture: string, config: unknown): ConsumerChild {
+  const proc = spawn(process.execPath, ['--import', 'tsx', fixture], {
     cwd: ROOT,
     env: { ...process.env, CHAOS_CONFIG: JSON.stringify(config) },
     stdio: ['pipe', 'pipe', 'pipe'], // stdin stays open: the child exits when it closes

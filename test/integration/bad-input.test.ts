@@ -237,6 +237,17 @@ describe('bad input', () => {
         code: 'OUTBOX_INVALID_OPTION',
         call: (db) => outbox.publish(db, 'order.paid', {}, { dedupKey: '' }),
       },
+      // The driver would store a lone surrogate as U+FFFD: two different keys would become one.
+      {
+        title: 'rejects a dedupKey with a lone surrogate with OUTBOX_INVALID_OPTION',
+        code: 'OUTBOX_INVALID_OPTION',
+        call: (db) => outbox.publish(db, 'order.paid', {}, { dedupKey: 'req-\ud83d' }),
+      },
+      {
+        title: 'rejects a key with a lone surrogate with OUTBOX_INVALID_KEY',
+        code: 'OUTBOX_INVALID_KEY',
+        call: (db) => outbox.publish(db, 'order.paid', {}, { key: 'k-\udc00x' }),
+      },
     ];
 
     it.each(cases)('$title and writes nothing (Pool)', async ({ call, code }) => {
@@ -570,6 +581,19 @@ describe('bad input', () => {
 
     // create-outbox.ts assertKeyPart(): a NUL passes the length check, and Postgres's text input then fails with
     // 22021 ("invalid byte sequence for encoding UTF8: 0x00") instead of an OutboxError.
+    it('rejects a key holding a lone surrogate (a string cut inside an emoji), and accepts the whole emoji', async () => {
+      const before = await processed();
+      await expectOutboxError(
+        () => outbox.once(t.pool, 'bad-input', 'order-\ud83d', fn),
+        'OUTBOX_INVALID_OPTION',
+      );
+      await expectOutboxError(() => outbox.once(t.pool, 'bad-\ude00', 'k', fn), 'OUTBOX_INVALID_OPTION');
+      expect(await processed()).toBe(before);
+      expect(await outbox.once(t.pool, 'bad-input', 'order-\ud83d\ude00', fn)).toMatchObject({
+        duplicate: false,
+      });
+    });
+
     it('rejects a key with \\u0000 with OUTBOX_INVALID_OPTION and writes nothing', async () => {
       const before = await processed();
       await expectOutboxError(

@@ -54,7 +54,12 @@ describe('schemaName', () => {
 
   it('says how to fix an invalid name', () => {
     expect((thrown(() => schemaName('Outbox')) as Error).message).toMatch(/a-z, 0-9 and _/);
-    expect((thrown(() => schemaName('pg_x')) as Error).message).toMatch(/pg_ are reserved/);
+    expect((thrown(() => schemaName('pg_x')) as Error).message).toMatch(
+      /pg_\* and information_schema are reserved/,
+    );
+    expect((thrown(() => schemaName('information_schema')) as Error).message).toMatch(
+      /reserved for the system/,
+    );
   });
 });
 

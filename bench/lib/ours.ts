@@ -1,0 +1,134 @@
+import { createOutbox, type Outbox, type OutboxMessage, type SubscriptionMode } from '../../src/index.js';
+import { count, createPool, dropSchemas, waitFor } from './db.js';
+import type { DeliveryHandler, BenchPayload, OutgoingMessage, QueueSystem } from './system.js';
+
+const TOPIC = 'bench.topic';
+const MAX_POOL = 12;
+
+export interface OursOptions {
+  url: string;
+  label?: string;
+  schema?: string;
+  mode?: SubscriptionMode;
+  /**
+   * 'default': the product's defaults (relay polls every 20 ms, consumers woken by the relay's NOTIFY,
+   * batchSize 100, concurrency 10): the path a user gets without tuning. 'throughput': the drain settings of the
+   * old bench/drain.ts (relay batches of 5,000; consumers claim 1,000 at a time; lease mode runs 200 handlers,
+   * transactional mode 4 transactions of up to 100 deliveries).
+   */
+  profile?: 'default' | 'throughput';
+  /** Relay every message before the clock starts, so the figure is the consumers' drain rate alone. */
+  relayFirst?: boolean;
+  /** Subscriptions following the one topic (fan-out). */
+  subscriptions?: number;
+}
+
+export function oursSystem(options: OursOptions): QueueSystem {
+  const {
+    url,
+    schema = 'bench_outbox',
+    mode = 'lease',
+    profile = 'default',
+    relayFirst = false,
+    subscriptions = 1,
+  } = options;
+  const throughput = profile === 'throughput';
+  const concurrency = throughput ? (mode === 'lease' ? 200 : 4) : 10;
+  // The README's sizing: a lease-mode subscription uses up to two pool connections, a transactional one
+  // concurrency + 2; the relay and LISTEN connections are opened outside the pool. Capped like the peers' pools:
+  // the shared server has 100 connections in all.
+  const poolMax = Math.min(subscriptions * (mode === 'lease' ? 2 : concurrency + 2) + 2, MAX_POOL);
+  const pool = createPool(url, poolMax);
+  const names = Array.from({ length: subscriptions }, (_, i) => `sub_${i}`);
+  let outbox: Outbox | null = null;
+
+  const make = () => createOutbox({ pool, schema, relay: throughput ? { batchSize: 5000 } : {} });
+  const current = (): Outbox => {
+    if (outbox === null) throw new Error('pg-outbox system used before reset()');
+    return outbox;
+  };
+
+  return {
+    label: options.label ?? `pg-outbox (${mode}${relayFirst ? ', consumer only' : ''})`,
+    settings:
+      `schema ${schema}, ${subscriptions} subscription(s), ${mode} mode, ` +
+      (throughput
+        ? `relay batchSize 5000, consumer batchSize 1000, concurrency ${concurrency}`
+        : 'default options (relay pollIntervalMs 20 + NOTIFY to consumers, batchSize 100, concurrency 10)') +
+      (relayFirst
+        ? '; the relay fans out everything before the clock starts'
+        : '; the relay runs in the same Outbox as the consumers') +
+      `; pool max ${poolMax}`,
+    publishPath: 'outbox.publish() for one message, outbox.publishMany() for many',
+    async reset() {
+      await outbox?.stop();
+      await dropSchemas(pool, schema);
+      outbox = make();
+      await outbox.migrate();
+      for (const name of names) await outbox.declareSubscription(name, { topics: [TOPIC] });
+    },
+    async publish(client, messages: readonly OutgoingMessage[]) {
+      const first = messages[0];
+      if (messages.length === 1 && first !== undefined) {
+        await current().publish(
+          client,
+          TOPIC,
+          first.payload,
+          first.deliverAt ? { deliverAt: first.deliverAt } : {},
+        );
+        return;
+      }
+      await current().publishMany(
+        client,
+        messages.map((m) => ({
+          topic: TOPIC,
+          payload: m.payload,
+          ...(m.deliverAt ? { deliverAt: m.deliverAt } : {}),
+        })),
+      );
+    },
+    async prepare(expected) {
+      if (relayFirst) {
+        // A relay-only Outbox (no consumers registered in it) fans everything out; then it stops.
+        const relay = make();
+        await relay.start();
+        await waitFor(
+          'the relay to fan out every message',
+          async () =>
+            (await count(pool, `SELECT count(*) AS n FROM ${schema}.deliveries`)) >= expected * subscriptions,
+        );
+        await relay.stop();
+      }
+      // Autovacuum is off on the shared server; every system gets the VACUUM ANALYZE it would have done.
+      await pool.query(`VACUUM ANALYZE ${schema}.messages`);
+      await pool.query(`VACUUM ANALYZE ${schema}.deliveries`);
+    },
+    async start(handler: DeliveryHandler) {
+      const box = current();
+      const options = { topics: [TOPIC], mode, ...(throughput ? { batchSize: 1000, concurrency } : {}) };
+      const deliver = (m: OutboxMessage) => handler(m.payload as BenchPayload);
+      for (const name of names) {
+        if (mode === 'transactional') box.subscribe(name, { ...options, mode: 'transactional' }, deliver);
+        else box.subscribe(name, options, deliver);
+      }
+      await box.start();
+    },
+    async stop() {
+      await outbox?.stop();
+    },
+    async unacked() {
+      // Every subscription follows the one topic: expected deliveries = messages x subscriptions.
+      return count(
+        pool,
+        `SELECT (SELECT count(*) FROM ${schema}.messages) * (SELECT count(*) FROM ${schema}.subscriptions)
+              - (SELECT count(*) FROM ${schema}.completed_deliveries) AS n`,
+      );
+    },
+    async close() {
+      await outbox?.stop();
+      outbox = null;
+      await dropSchemas(pool, schema);
+      await pool.end();
+    },
+  };
+}

@@ -1,0 +1,109 @@
+/**
+ * The benchmark suite of issue 6: pg-outbox next to pg-boss, graphile-worker and raw-SQL ceilings, on the same
+ * machine, the same Postgres and in the same run (the machine is noisy, so only ratios from one run mean
+ * anything).
+ *
+ *   npm run bench                 all scenarios, in the order of the issue
+ *   npm run bench:<scenario>      one of: publish, drain, fanout, latency, lateness, backlog
+ *
+ * Uses DATABASE_URL when set, else an embedded PostgreSQL (test/helpers/postgres.ts). Prints each scenario's
+ * table and writes it to bench/RESULTS.md, replacing only the sections this run produced.
+ */
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startPostgres } from '../test/helpers/postgres.js';
+import { readConfig } from './lib/config.js';
+import type { BenchContext, Scenario } from './lib/context.js';
+import { createPool } from './lib/db.js';
+import { readEnvironment, renderEnvironment, runLine } from './lib/environment.js';
+import { renderReport, SCENARIOS, type ScenarioName } from './lib/report.js';
+import { updateResults } from './lib/results-file.js';
+import { backlogScenario } from './scenarios/backlog.js';
+import { drainScenario } from './scenarios/drain.js';
+import { fanoutScenario } from './scenarios/fanout.js';
+import { latencyScenario } from './scenarios/latency.js';
+import { latenessScenario } from './scenarios/lateness.js';
+import { publishScenario } from './scenarios/publish.js';
+
+const RUNNERS: Record<ScenarioName, Scenario> = {
+  publish: publishScenario,
+  drain: drainScenario,
+  fanout: fanoutScenario,
+  latency: latencyScenario,
+  lateness: latenessScenario,
+  backlog: backlogScenario,
+};
+
+const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');
+
+function parseScenarios(args: string[]): ScenarioName[] {
+  if (args.length === 0) return [...SCENARIOS];
+  const unknown = args.filter((a) => !(SCENARIOS as readonly string[]).includes(a));
+  if (unknown.length > 0) {
+    throw new Error(`unknown scenario ${unknown.join(', ')}; choose from ${SCENARIOS.join(', ')}`);
+  }
+  return SCENARIOS.filter((s) => args.includes(s));
+}
+
+function header(environment: string): string {
+  return [
+    '## How to read this',
+    '',
+    'Written by `npm run bench` (all scenarios) or `npm run bench:<scenario>` (that section only; the others are',
+    'kept from earlier runs and carry their own run line). Every scenario runs pg-outbox and its peers on the same',
+    'machine, the same PostgreSQL and in the same run, each system in its own schema, dropped and recreated for',
+    'every repetition; systems are interleaved within a repetition. The machine is shared and noisy: compare',
+    'ratios within a section, not absolute numbers across sections or runs.',
+    '',
+    'Sizes: `BENCH_REPS` (3), `BENCH_PUBLISH_SECONDS` (2), `BENCH_DRAIN_N` (50000), `BENCH_FANOUT_N` (2000),',
+    '`BENCH_LATENCY_RATE` (200) / `BENCH_LATENCY_SECONDS` (10), `BENCH_LATENESS_N` (2000) /',
+    '`BENCH_LATENESS_WINDOW_SECONDS` (10), `BENCH_BACKLOG_MAX` (10000000), `BENCH_BACKLOG_CLAIMS` (200).',
+    '',
+    'Environment of the latest run:',
+    '',
+    environment,
+  ].join('\n');
+}
+
+async function main(): Promise<number> {
+  const scenarios = parseScenarios(process.argv.slice(2));
+  const config = readConfig();
+  const server = await startPostgres();
+  const pool = createPool(server.url, 4);
+  let failures = 0;
+  try {
+    const env = await readEnvironment(pool);
+    const startedAt = new Date();
+    const ctx: BenchContext = {
+      url: server.url,
+      pool,
+      config,
+      log: (line) => process.stderr.write(`[bench] ${line}\n`),
+    };
+    await updateResults(RESULTS_FILE, new Map([['header', header(renderEnvironment(env))]]));
+    for (const name of scenarios) {
+      ctx.log(`scenario ${name} starting`);
+      let section: string;
+      try {
+        const report = await RUNNERS[name](ctx);
+        const repetitions = report.repetitions ?? `${config.reps} repetitions per system`;
+        section = renderReport(report, runLine(env, repetitions, startedAt));
+      } catch (error) {
+        failures += 1;
+        const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
+        ctx.log(`scenario ${name} failed: ${message}`);
+        section = `## ${name}\n\n_Failed in the run of ${startedAt.toISOString()}:_\n\n\`\`\`\n${message}\n\`\`\`\n`;
+      }
+      console.log(section);
+      // Written after every scenario, so a long run that fails late keeps what it measured.
+      await updateResults(RESULTS_FILE, new Map([[name, section]]));
+    }
+    ctx.log(`results written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
+  } finally {
+    await pool.end();
+    await server.stop();
+  }
+  return failures === 0 ? 0 : 1;
+}
+
+process.exitCode = await main();

@@ -1,0 +1,106 @@
+-- Least privilege for pg-outbox: migrations run as the schema's owner, the service runs as a role that cannot
+-- run DDL and holds only the table privileges its statements need.
+--
+-- Run it as the owner of the outbox schema (the role that ran `pg-outbox migrate`), or as a superuser, after
+-- migrating, in the database that holds the schema:
+--
+--   psql "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 \
+--     -v schema=outbox -v app_role=outbox_app -v app_password='change me' -v audit_role=outbox_audit \
+--     -f examples/least-privilege.sql
+--
+-- Placeholders are psql variables: :"schema", :"app_role", :"audit_role" (identifiers), :'app_password' (a
+-- literal), and :"DBNAME" (set by psql to the current database). Without psql, replace them by hand.
+--
+-- The service then connects as the app role:
+--
+--   const pool = new pg.Pool({ connectionString: 'postgres://outbox_app:...@host/db' });
+--   const outbox = createOutbox({ pool, schema: 'outbox' }); // never call outbox.migrate() with this pool
+--
+-- Re-run it after every upgrade that adds a migration (without the CREATE ROLE statements, once the roles
+-- exist): a new table starts with no privileges for the app role, and a new feature may need a privilege listed
+-- nowhere below yet (a future retention of messages, for example, would need DELETE on messages). Every
+-- statement after the CREATE ROLEs is idempotent, and the REVOKEs make the result exact when a role held more.
+--
+-- Deliberately not used: ALTER DEFAULT PRIVILEGES. It would give every future table one fixed set of
+-- privileges, while each table here needs a different one (messages is append-only, completed_deliveries is
+-- write-only for the service). Granting per table after each migration keeps the set minimal.
+
+BEGIN;
+
+-- 1. Roles. Delete these statements when the roles exist already.
+
+-- The service's login. NOSUPERUSER, NOCREATEDB, NOCREATEROLE, NOREPLICATION and NOBYPASSRLS are the defaults,
+-- spelled out.
+CREATE ROLE :"app_role" LOGIN PASSWORD :'app_password'
+  NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+-- Optional: a read-only role for audits and dashboards; grant it to people (GRANT outbox_audit TO alice).
+-- Delete it, and its grants at the end, when you need no such role.
+CREATE ROLE :"audit_role" NOLOGIN;
+
+-- 2. Privileges of the service role.
+
+-- No DDL. CONNECT is all the service needs on the database (PUBLIC has it by default; explicit here for servers
+-- that revoked it). PUBLIC has no CREATE on a database by default, so the role cannot create schemas.
+GRANT CONNECT ON DATABASE :"DBNAME" TO :"app_role";
+REVOKE CREATE ON DATABASE :"DBNAME" FROM :"app_role";
+-- PostgreSQL 14 and older let PUBLIC create tables in schema public; from 15 on nobody can by default.
+-- On those versions, consider (it affects every role of this database):
+--   REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+-- PUBLIC may also create TEMPORARY tables by default (private to the session, gone at its end). The service
+-- never does; to forbid it for everyone:
+--   REVOKE TEMPORARY ON DATABASE :"DBNAME" FROM PUBLIC;
+
+-- USAGE resolves names in the schema; without CREATE the role cannot add, alter or drop anything in it, and
+-- only the owner can ALTER, DROP or TRUNCATE the tables.
+REVOKE ALL ON SCHEMA :"schema" FROM :"app_role";
+GRANT USAGE ON SCHEMA :"schema" TO :"app_role";
+
+-- Start from nothing on every table, view and sequence of the schema, then grant per table.
+REVOKE ALL ON ALL TABLES IN SCHEMA :"schema" FROM :"app_role";
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA :"schema" FROM :"app_role";
+
+-- messages, append-only: publish and publishMany INSERT; the relay, claims, dedup lookups and deadLetters read.
+-- Nothing in pg-outbox updates or deletes a message, so neither is granted.
+GRANT SELECT, INSERT ON :"schema".messages TO :"app_role";
+
+-- subscriptions: declareSubscription() and subscribe() + start() upsert (INSERT ... ON CONFLICT DO UPDATE);
+-- the relay and admin calls read. Subscriptions are never deleted by pg-outbox.
+GRANT SELECT, INSERT, UPDATE ON :"schema".subscriptions TO :"app_role";
+
+-- deliveries, the work queue: the relay INSERTs; claims (SELECT ... FOR UPDATE SKIP LOCKED, which needs UPDATE),
+-- retries, lease extensions, releases, cancel() and replay() UPDATE; an ack DELETEs the row.
+GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".deliveries TO :"app_role";
+
+-- completed_deliveries, the audit trail: an ack INSERTs; the service never reads, changes or deletes it.
+GRANT INSERT ON :"schema".completed_deliveries TO :"app_role";
+
+-- cancellations: cancel() INSERTs; the relay and claims read.
+GRANT SELECT, INSERT ON :"schema".cancellations TO :"app_role";
+
+-- processed, the idempotency keys: once() and ctx.once() INSERT ... ON CONFLICT (scope, key) DO NOTHING, which
+-- needs SELECT on the conflict columns too; the cleanup (the active relay, or outbox.cleanup()) reads, locks and
+-- DELETEs expired keys. Its SELECT ... FOR UPDATE SKIP LOCKED needs UPDATE on at least one column; pg-outbox
+-- never updates a key, so UPDATE is granted on recorded_at only.
+GRANT SELECT, INSERT, DELETE ON :"schema".processed TO :"app_role";
+GRANT UPDATE (recorded_at) ON :"schema".processed TO :"app_role";
+
+-- relay_state, the relay's single position row: read and advanced by the relay, read by status().
+GRANT SELECT, UPDATE ON :"schema".relay_state TO :"app_role";
+
+-- Not granted, because not needed:
+-- * sequences: the id columns are identity columns, whose values an INSERT draws without sequence privileges;
+-- * pg_outbox_migrations: only migrate() reads or writes it, and migrate() runs as the owner;
+-- * the views (message_deliveries, dead_letters, subscription_lag): the service reads the tables directly;
+-- * functions and locks: pg_notify, LISTEN, advisory locks (one relay per schema), pg_current_snapshot() and
+--   pg_current_xact_id() are open to every role.
+
+-- 3. Optional: the read-only audit role, through the documented views only. The views run with their owner's
+-- privileges, so SELECT on them is enough: the role can read no table directly and write nothing. dead_letters
+-- shows message payloads; leave it out when auditors must not see them.
+REVOKE ALL ON SCHEMA :"schema" FROM :"audit_role";
+REVOKE ALL ON ALL TABLES IN SCHEMA :"schema" FROM :"audit_role";
+GRANT USAGE ON SCHEMA :"schema" TO :"audit_role";
+GRANT SELECT ON :"schema".message_deliveries, :"schema".dead_letters, :"schema".subscription_lag
+  TO :"audit_role";
+
+COMMIT;
