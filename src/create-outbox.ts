@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { isId, listDeadLetters, readStatus, replayDeadLetters, type DeadLetterQuery } from './admin.js';
 import { Consumer } from './consumer/consumer.js';
+import { withPayloadSchema } from './consumer/payload-schema.js';
 import {
   pgExecutor,
   toExecutor,
@@ -16,7 +17,6 @@ import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOp
 import { publish, publishMany } from './producer/publish.js';
 import { createRelay } from './relay/relay.js';
 import { Listener } from './runtime/listener.js';
-import { withPayloadSchema } from './consumer/payload-schema.js';
 import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';

@@ -12,7 +12,7 @@ const TASK = 'bench';
  * the producer's transaction); pollInterval only matters for jobs that become due later (run_at), so it is set to
  * 100 ms instead of the default 2 s, which the lateness scenario would otherwise just measure.
  */
-export const GRAPHILE_TUNING = { concurrency: 24, localQueueSize: 500, pollInterval: 100, poolMax: 25 };
+const GRAPHILE_TUNING = { concurrency: 24, localQueueSize: 500, pollInterval: 100, poolMax: 25 };
 
 /** Logs only warnings and errors: its info lines (worker started, ...) would drown the tables. */
 const quietLogger = new Logger(() => (level, message) => {

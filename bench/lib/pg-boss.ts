@@ -15,7 +15,7 @@ const EVENT = 'bench.topic';
  * 500); the drain scenario also runs 8 x 5000. Maintenance (supervise) and cron (schedule) are off: they only add
  * background queries to a short run.
  */
-export const PG_BOSS_TUNING = { workers: 8, batchSize: 2000, pollingIntervalSeconds: 0.5, maxPool: 12 };
+const PG_BOSS_TUNING = { workers: 8, batchSize: 2000, pollingIntervalSeconds: 0.5, maxPool: 12 };
 
 export interface PgBossOptions {
   url: string;

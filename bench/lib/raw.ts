@@ -8,7 +8,7 @@ import type { BenchPayload, DeliveryHandler, QueueSystem } from './system.js';
  * DELETE … WHERE id IN (SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING payload: no lease, no
  * retry, no audit row. 4 connections, as many as pg-outbox uses while draining (claims, acks, relay, LISTEN).
  */
-export const RAW_DRAIN = { connections: 4, batch: 1000 };
+const RAW_DRAIN = { connections: 4, batch: 1000 };
 
 export function rawSystem(options: { url: string; schema?: string }): QueueSystem {
   const { url, schema = 'bench_raw' } = options;
@@ -18,6 +18,8 @@ export function rawSystem(options: { url: string; schema?: string }): QueueSyste
 
   async function consume(handler: DeliveryHandler): Promise<void> {
     while (running) {
+      // SKIP LOCKED: the loops take disjoint batches without waiting on each other; a row another loop has locked
+      // is being deleted by it. The LIMIT reads the primary key in order, so no other index is needed.
       const { rows } = await pool.query<{ payload: BenchPayload }>(
         `DELETE FROM ${schema}.queue
          WHERE id IN (

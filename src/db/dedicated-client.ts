@@ -13,7 +13,11 @@ export async function connectDedicated(
   queryTimeoutMs?: number,
 ): Promise<pg.Client> {
   // query_timeout: a query on a silent (half-open) connection fails after this instead of waiting for the kernel.
-  const client = new pg.Client({ ...pool.options, keepAlive: true, query_timeout: queryTimeoutMs });
+  const client = new pg.Client({
+    ...pool.options,
+    keepAlive: true,
+    ...(queryTimeoutMs === undefined ? {} : { query_timeout: queryTimeoutMs }),
+  });
   client.on('error', (error) => {
     log.warn({ err: error }, 'dedicated connection error');
     onLost(client, error);

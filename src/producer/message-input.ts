@@ -69,8 +69,11 @@ function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY'
   return value;
 }
 
+/** The headers JSON of a message published without headers (the column's default). */
+export const EMPTY_HEADERS = '{}';
+
 function headersJson(headers: unknown): string {
-  if (headers === undefined || headers === null) return '{}';
+  if (headers === undefined || headers === null) return EMPTY_HEADERS;
   const valid =
     typeof headers === 'object' &&
     !Array.isArray(headers) &&

@@ -82,6 +82,7 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
       client = conn;
       await limitRelaySession(pgExecutor(conn), {
         idleInTransactionMs: sessionTimeoutMs,
+        statementMs: sessionTimeoutMs,
         // The relay is idle between polls for up to the longer of its two intervals.
         idleMs: sessionTimeoutMs + Math.max(pollIntervalMs, standbyPollMs),
       });

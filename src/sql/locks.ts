@@ -22,16 +22,18 @@ export async function releaseRelayLock(exec: Executor, s: SchemaName): Promise<v
  * Server-side limits for the relay's session, so that Postgres itself ends a session whose client went silent (a
  * dead network path, a frozen process) and frees the relay lock for a standby: idle inside a transaction for
  * idleInTransactionMs, or idle between statements for idleMs (PostgreSQL 14+; on 13 only the first applies).
+ * statementMs cancels a statement the client has stopped waiting for, instead of letting it run on under the lock.
  */
 export async function limitRelaySession(
   exec: Executor,
-  p: { idleInTransactionMs: number; idleMs: number },
+  p: { idleInTransactionMs: number; idleMs: number; statementMs: number },
 ): Promise<void> {
   await exec.query(
     `SELECT set_config('idle_in_transaction_session_timeout', $1::int::text, false),
+            set_config('statement_timeout', $3::int::text, false),
             CASE WHEN current_setting('server_version_num')::int >= 140000
                  THEN set_config('idle_session_timeout', $2::int::text, false)
             END`,
-    [p.idleInTransactionMs, p.idleMs],
+    [p.idleInTransactionMs, p.idleMs, p.statementMs],
   );
 }

