@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { pgExecutor, type Executor } from '../../src/db/executor.js';
 import { schemaName, type SchemaName } from '../../src/db/identifiers.js';
-import { claimDeliveries, selectNextDueMs } from '../../src/sql/deliveries.js';
+import { claimDeliveries, selectNextDueMs } from '../../src/sql/claim.js';
 import { createOutbox } from '../../src/index.js';
 import { addDelayedRows, addDueRows } from '../lib/backlog-fill.js';
 import type { BenchContext } from '../lib/context.js';

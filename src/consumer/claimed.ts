@@ -1,4 +1,5 @@
-import type { ClaimedRow, Settlement } from '../sql/deliveries.js';
+import type { ClaimedRow } from '../sql/claim.js';
+import type { Settlement } from '../sql/deliveries.js';
 import type { OutboxMessage } from '../types.js';
 import { errorText, failureOutcome, type RetryPolicy } from './retry-policy.js';
 

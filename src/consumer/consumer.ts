@@ -5,14 +5,8 @@ import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedSubscribeOptions } from '../options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
-import {
-  claimDeliveries,
-  releaseDeliveries,
-  selectNextDueMs,
-  settleDeliveries,
-  type ClaimedRow,
-  type Settlement,
-} from '../sql/deliveries.js';
+import { claimDeliveries, selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
+import { releaseDeliveries, settleDeliveries, type Settlement } from '../sql/deliveries.js';
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
 import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
