@@ -34,10 +34,10 @@ export function oursSystem(options: OursOptions): QueueSystem {
   } = options;
   const throughput = profile === 'throughput';
   const concurrency = throughput ? (mode === 'lease' ? 200 : 4) : 10;
-  // The README's sizing: a lease-mode subscription uses up to two pool connections, a transactional one
-  // concurrency + 2; the relay and LISTEN connections are opened outside the pool. Capped like the peers' pools:
+  // The README's sizing: a lease-mode subscription uses up to three pool connections, a transactional one
+  // concurrency + 3; the relay and LISTEN connections are opened outside the pool. Capped like the peers' pools:
   // the shared server has 100 connections in all.
-  const poolMax = Math.min(subscriptions * (mode === 'lease' ? 2 : concurrency + 2) + 2, MAX_POOL);
+  const poolMax = Math.min(subscriptions * (mode === 'lease' ? 3 : concurrency + 3) + 2, MAX_POOL);
   const pool = createPool(url, poolMax);
   const names = Array.from({ length: subscriptions }, (_, i) => `sub_${i}`);
   let outbox: Outbox | null = null;

@@ -31,6 +31,8 @@ const BUSY_RETRY_MS = 2;
  * which may take a handler's time on another consumer; poll them gently (a local settle nudges at once).
  */
 const ORDERED_BUSY_RETRY_MS = 25;
+/** Claims for at least twice this many rows are split in two concurrent statements while a backlog lasts. */
+const MIN_SPLIT_CLAIM = 100;
 /** Largest chunk one transactional-mode transaction handles. */
 const MAX_TRANSACTION_CHUNK = 100;
 
@@ -114,6 +116,7 @@ export class Consumer {
     const { pollIntervalMs, leaseMs, maxAttempts, blockKeyOnDead } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
+    let backlog = false;
     while (!this.stopping) {
       try {
         const limit = this.claimLimit();
@@ -124,22 +127,39 @@ export class Consumer {
           continue;
         }
         const sentAt = Date.now();
-        const rows = await claimDeliveries(exec, this.config.schema, {
-          subscriptionId: this.subscriptionId,
-          limit,
-          leaseMs,
-          maxAttempts,
-          blockKeyOnDead,
-        });
+        // A backlog is claimed by two statements at once, each for half: one claim stream keeps one database
+        // core busy while the other idles between statements. Each half gets its own lease.
+        const parts =
+          backlog && limit >= 2 * MIN_SPLIT_CLAIM ? [Math.ceil(limit / 2), Math.floor(limit / 2)] : [limit];
+        const results = await Promise.allSettled(
+          parts.map((part) =>
+            claimDeliveries(exec, this.config.schema, {
+              subscriptionId: this.subscriptionId,
+              limit: part,
+              leaseMs,
+              maxAttempts,
+              blockKeyOnDead,
+            }),
+          ),
+        );
+        let claimed = 0;
+        for (const result of results) {
+          // A half that failed leases nothing; the other half's rows are handled, never left to their lease.
+          if (result.status === 'rejected' || result.value.length === 0) continue;
+          claimed += result.value.length;
+          this.accept(result.value, new Lease(result.value.length, leaseMs, sentAt, (l) => this.giveBack(l)));
+        }
+        const failed = results.find((r) => r.status === 'rejected');
+        if (failed !== undefined) throw failed.reason;
         failures = 0;
-        if (rows.length > 0)
-          this.accept(rows, new Lease(rows.length, leaseMs, sentAt, (l) => this.giveBack(l)));
-        if (rows.length === limit) continue;
+        backlog = claimed === limit;
+        if (backlog) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
         const busyMs = this.config.options.ordered ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
         await this.wakeup.wait(Math.min(Math.max(nextDueMs ?? pollIntervalMs, busyMs), pollIntervalMs));
       } catch (error) {
         failures += 1;
+        backlog = false;
         this.log.error({ err: error }, 'claim failed');
         this.config.events.emit('error', error, { component: `consumer:${this.config.name}` });
         await this.wakeup.wait(errorBackoffMs(failures));

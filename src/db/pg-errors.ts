@@ -24,3 +24,8 @@ export function isTransactionConflict(error: unknown): boolean {
   const state = sqlState(error);
   return state === '40P01' || state === '40001';
 }
+
+/** 23505: a unique index refused a row. */
+export function isUniqueViolation(error: unknown): boolean {
+  return sqlState(error) === '23505';
+}

@@ -15,6 +15,8 @@ export interface MessageRow {
   key: string | null;
   payload: string;
   headers: string;
+  /** UTF-8 bytes of payload and headers, for cutting large calls into statements. */
+  jsonBytes: number;
   deliverAt: Date | null;
   delayMs: number | null;
   dedupKey: string | null;
@@ -133,11 +135,13 @@ export function messageRow(
       { value: bytes },
     );
   }
+  const headers = headersJson(opts.headers);
   return {
     topic,
     key: optionalString(opts.key, 'key', 'OUTBOX_INVALID_KEY'),
     payload: json,
-    headers: headersJson(opts.headers),
+    headers,
+    jsonBytes: bytes + (headers === EMPTY_HEADERS ? EMPTY_HEADERS.length : Buffer.byteLength(headers)),
     ...due(opts),
     dedupKey: optionalString(opts.dedupKey, 'dedupKey', 'OUTBOX_INVALID_OPTION'),
   };

@@ -43,7 +43,7 @@ const dedupId = (topic: string, dedupKey: string) => `${topic}\u0000${dedupKey}`
 async function existingIds(exec: Executor, s: SchemaName, rows: MessageRow[]): Promise<Map<string, string>> {
   const keys = rows.flatMap((r) => (r.dedupKey === null ? [] : [{ topic: r.topic, dedupKey: r.dedupKey }]));
   const found = await selectDedupIds(exec, s, keys);
-  return new Map(found.map((f) => [dedupId(f.topic, f.dedup_key ?? ''), f.id]));
+  return new Map(found.map((f) => [dedupId(f.topic, f.dedup_key), f.id]));
 }
 
 export async function publish(
@@ -89,6 +89,13 @@ export async function publishMany(
   });
   const exec = toExecutor(db);
   if (rows.length === 0) return [];
+  if (rows.every((r) => r.dedupKey === null)) {
+    // Nothing to deduplicate: every row is inserted, with ids in input order.
+    const inserted = await insertMessages(exec, config.schema, rows).catch(
+      explainMissingSchema(config.schema),
+    );
+    return inserted.map((r) => ({ id: r.id, duplicate: false }));
+  }
   // The first row of each (topic, dedupKey) in the call is inserted; later ones in the same call are duplicates.
   const seen = new Map<string, number>();
   const firstIndex = rows.map((r, i) => {
@@ -105,17 +112,18 @@ export async function publishMany(
     const inserted = await insertMessages(exec, config.schema, pending).catch(
       explainMissingSchema(config.schema),
     );
-    const byKey = new Map(inserted.map((r) => [dedupId(r.topic, r.dedup_key ?? ''), r.id]));
-    // Rows without a dedupKey are always inserted, and identity ids ascend in input order.
-    const plainIds = inserted
-      .filter((r) => r.dedup_key === null)
-      .map((r) => BigInt(r.id))
-      .sort((a, b) => (a < b ? -1 : 1));
+    const byKey = new Map<string, string>();
+    const plainIds: string[] = [];
+    // Rows without a dedupKey are always inserted, and identity ids ascend in input order (RETURNING gives
+    // them in insertion order; topic and dedup_key come back only in calls that carry a dedupKey).
+    for (const r of inserted) {
+      if (r.topic !== undefined && r.dedup_key != null) byKey.set(dedupId(r.topic, r.dedup_key), r.id);
+      else plainIds.push(r.id);
+    }
     let plain = 0;
     const conflicted: MessageRow[] = [];
     for (const r of pending) {
-      const id =
-        r.dedupKey === null ? plainIds[plain++]?.toString() : byKey.get(dedupId(r.topic, r.dedupKey));
+      const id = r.dedupKey === null ? plainIds[plain++] : byKey.get(dedupId(r.topic, r.dedupKey));
       if (id === undefined) conflicted.push(r);
       else results.set(r, { id, duplicate: false });
     }

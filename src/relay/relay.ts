@@ -9,6 +9,7 @@ import { limitRelaySession, releaseRelayLock, tryRelayLock } from '../sql/locks.
 import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch } from '../sql/relay.js';
 import { runCleanup } from '../maintenance.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
+import { isUniqueViolation } from '../db/pg-errors.js';
 
 /*
  * Why snapshots, not ids. Message ids are taken at INSERT but rows become visible at COMMIT, so "everything
@@ -71,6 +72,11 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
       return result.messages;
     } catch (error) {
       await conn.query('ROLLBACK').catch(() => undefined);
+      // Another writer relayed the same messages first (see relayBatch): nothing was written twice.
+      if (isUniqueViolation(error)) {
+        log.warn('another relay wrote these deliveries first; rolled back this batch');
+        return 0;
+      }
       throw error;
     }
   }

@@ -18,6 +18,11 @@ const ROLLBACK_EVERY = 10;
 const CONSUMERS = 3;
 const KILL_EVERY_MS = 2_000;
 const MIN_KILLS = 4;
+/**
+ * How long the producer takes to commit TOTAL messages: room for MIN_KILLS kills and their replacements, and at
+ * most 2,000 msg/s for a longer run.
+ */
+const PRODUCE_MS = Math.max((MIN_KILLS + 4) * KILL_EVERY_MS, TOTAL / 2);
 const LEASE_MS = 2_000;
 const POLL_MS = 200;
 const BATCH_SIZE = 100;
@@ -64,6 +69,7 @@ describe('the total-queue account under consumer SIGKILLs', () => {
   /** Transactions of PER_TX business rows + their messages; every ROLLBACK_EVERY-th one rolls back. */
   async function produce(subscription: string, topic: string): Promise<void> {
     let committed = 0;
+    const started = Date.now();
     for (let tx = 0; committed < TOTAL; tx += 1) {
       const ns = Array.from({ length: PER_TX }, (_, i) => tx * PER_TX + i);
       const client = await t.pool.connect();
@@ -86,7 +92,8 @@ describe('the total-queue account under consumer SIGKILLs', () => {
       } finally {
         client.release();
       }
-      await sleep(20); // a steady producer (about 2,000 msg/s), so the kills land while work arrives
+      // A steady producer paced by the clock, so the kills land while work arrives however fast publishing is.
+      await sleep(started + (committed / TOTAL) * PRODUCE_MS - Date.now());
     }
   }
 

@@ -124,4 +124,16 @@ describe('publishMany', () => {
     expect(row).toMatchObject({ key: 'k', headers: {}, dedup_key: null });
     expect(row?.due_in_ms).toBeCloseTo(5_000, -1);
   });
+
+  it('keeps input order across topics without dedupKeys (one topic sent once, several as an array)', async () => {
+    const outbox = t.outbox();
+    const input = Array.from({ length: 200 }, (_, n) => ({ topic: `multi.t${n % 3}`, payload: { n } }));
+    const results = await outbox.publishMany(t.pool, input);
+    const ids = results.map((r) => r.id);
+    expect([...ids].sort((a, b) => Number(BigInt(a) - BigInt(b)))).toEqual(ids);
+    const rows = await stored(ids);
+    expect(rows.map((r) => [r.topic, (r.payload as { n: number }).n])).toEqual(
+      input.map((m) => [m.topic, m.payload.n]),
+    );
+  });
 });

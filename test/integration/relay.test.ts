@@ -1,5 +1,9 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pgExecutor } from '../../src/db/executor.js';
+import { schemaName } from '../../src/db/identifiers.js';
+import { isUniqueViolation } from '../../src/db/pg-errors.js';
+import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch } from '../../src/sql/relay.js';
 import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 /** Deliveries the relay made for one subscription (none are consumed in these tests). */
@@ -153,5 +157,40 @@ describe('relay', () => {
       async () => (await relayedTo(t, 'failover')) === 2,
     );
     await b.stop();
+  });
+
+  it('refuses to relay a message twice when two writers read the same state (no advisory lock)', async () => {
+    const outbox = t.outbox();
+    await outbox.declareSubscription('race', { topics: ['race.test'] });
+    await outbox.publishMany(
+      t.pool,
+      Array.from({ length: 50 }, (_, n) => ({ topic: 'race.test', payload: { n } })),
+    );
+    const schema = schemaName('outbox');
+    const [a, b] = await Promise.all([t.pool.connect(), t.pool.connect()]);
+    try {
+      await a.query(BEGIN_RELAY_BATCH);
+      await b.query(BEGIN_RELAY_BATCH);
+      const [wa, wb] = await Promise.all([
+        readRelayWindow(pgExecutor(a), schema),
+        readRelayWindow(pgExecutor(b), schema),
+      ]);
+      expect(wb.version).toBe(wa.version);
+      const first = await relayBatch(pgExecutor(a), schema, wa, 1000);
+      expect(first.stateWritten).toBe(true);
+      // b's INSERT waits on a's uncommitted index entries, then finds them committed.
+      const second = relayBatch(pgExecutor(b), schema, wb, 1000).then(
+        (r) => r,
+        (error: unknown) => error,
+      );
+      await a.query('COMMIT');
+      const outcome = await second;
+      expect(isUniqueViolation(outcome)).toBe(true);
+      await b.query('ROLLBACK');
+    } finally {
+      a.release();
+      b.release();
+    }
+    expect(await relayedTo(t, 'race')).toBe(50);
   });
 });

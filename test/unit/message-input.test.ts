@@ -22,10 +22,13 @@ describe('messageRow', () => {
       key: null,
       payload: '{"orderId":42,"items":["a","b"],"paid":true}',
       headers: '{}',
+      jsonBytes: 46,
       deliverAt: null,
       delayMs: null,
       dedupKey: null,
     });
+    // UTF-8 bytes, not UTF-16 units: ö is 2 bytes, 😀 4.
+    expect(row({ s: 'ö😀' }).jsonBytes).toBe(16);
   });
 
   it('carries every option into the row', () => {
@@ -40,6 +43,7 @@ describe('messageRow', () => {
       key: 'order-42',
       payload: '{}',
       headers: '{"traceparent":"00-abc","x-y":""}',
+      jsonBytes: 35,
       deliverAt,
       delayMs: null,
       dedupKey: 'pay-42',
