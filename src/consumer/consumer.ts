@@ -5,8 +5,9 @@ import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedSubscribeOptions } from '../options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
-import { claimDeliveries, selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
-import { releaseDeliveries, settleDeliveries, type Settlement } from '../sql/deliveries.js';
+import { selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
+import { claimBatch } from './claim-batch.js';
+import { releaseDeliveries, settleDeliveries, settlementKey, type Settlement } from '../sql/deliveries.js';
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
 import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
@@ -31,8 +32,6 @@ const BUSY_RETRY_MS = 2;
  * which may take a handler's time on another consumer; poll them gently (a local settle nudges at once).
  */
 const ORDERED_BUSY_RETRY_MS = 25;
-/** Claims for at least twice this many rows are split in two concurrent statements while a backlog lasts. */
-const MIN_SPLIT_CLAIM = 100;
 /** Largest chunk one transactional-mode transaction handles. */
 const MAX_TRANSACTION_CHUNK = 100;
 
@@ -126,31 +125,17 @@ export class Consumer {
           this.waitingForRoom = false;
           continue;
         }
-        const sentAt = Date.now();
-        // A backlog is claimed by two statements at once, each for half: one claim stream keeps one database
-        // core busy while the other idles between statements. Each half gets its own lease.
-        const parts =
-          backlog && limit >= 2 * MIN_SPLIT_CLAIM ? [Math.ceil(limit / 2), Math.floor(limit / 2)] : [limit];
-        const results = await Promise.allSettled(
-          parts.map((part) =>
-            claimDeliveries(exec, this.config.schema, {
-              subscriptionId: this.subscriptionId,
-              limit: part,
-              leaseMs,
-              maxAttempts,
-              blockKeyOnDead,
-            }),
-          ),
+        const request = {
+          subscriptionId: this.subscriptionId,
+          limit,
+          leaseMs,
+          maxAttempts,
+          blockKeyOnDead,
+          backlog,
+        };
+        const claimed = await claimBatch(exec, this.config.schema, request, (rows, sentAt) =>
+          this.accept(rows, new Lease(rows.length, leaseMs, sentAt, (l) => this.giveBack(l))),
         );
-        let claimed = 0;
-        for (const result of results) {
-          // A half that failed leases nothing; the other half's rows are handled, never left to their lease.
-          if (result.status === 'rejected' || result.value.length === 0) continue;
-          claimed += result.value.length;
-          this.accept(result.value, new Lease(result.value.length, leaseMs, sentAt, (l) => this.giveBack(l)));
-        }
-        const failed = results.find((r) => r.status === 'rejected');
-        if (failed !== undefined) throw failed.reason;
         failures = 0;
         backlog = claimed === limit;
         if (backlog) continue;
@@ -294,7 +279,7 @@ export class Consumer {
       const c = this.held.get(item.deliveryId);
       if (c !== undefined) this.forget(c);
       const info = { subscription: this.config.name, deliveryId: item.deliveryId, attempt: item.attempt };
-      if (!settled.has(item.deliveryId)) {
+      if (!settled.has(settlementKey(item))) {
         this.log.warn(info, 'outcome not recorded: the lease had expired and the delivery was claimed again');
       } else if (item.outcome === 'retry') {
         retried = true;

@@ -113,17 +113,17 @@ export async function publishMany(
       explainMissingSchema(config.schema),
     );
     const byKey = new Map<string, string>();
-    const plainIds: string[] = [];
-    // Rows without a dedupKey are always inserted, and identity ids ascend in input order (RETURNING gives
-    // them in insertion order; topic and dedup_key come back only in calls that carry a dedupKey).
+    const plain: bigint[] = [];
     for (const r of inserted) {
       if (r.topic !== undefined && r.dedup_key != null) byKey.set(dedupId(r.topic, r.dedup_key), r.id);
-      else plainIds.push(r.id);
+      else plain.push(BigInt(r.id));
     }
-    let plain = 0;
+    // Rows without a dedupKey are always inserted, and identity ids ascend in input order.
+    const plainIds = plain.sort((a, b) => (a < b ? -1 : 1)).map(String);
+    let next = 0;
     const conflicted: MessageRow[] = [];
     for (const r of pending) {
-      const id = r.dedupKey === null ? plainIds[plain++] : byKey.get(dedupId(r.topic, r.dedupKey));
+      const id = r.dedupKey === null ? plainIds[next++] : byKey.get(dedupId(r.topic, r.dedupKey));
       if (id === undefined) conflicted.push(r);
       else results.set(r, { id, duplicate: false });
     }

@@ -6,7 +6,7 @@ import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedOptions } from '../options.js';
 import { limitRelaySession, releaseRelayLock, tryRelayLock } from '../sql/locks.js';
-import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch } from '../sql/relay.js';
+import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch, type RelayWindow } from '../sql/relay.js';
 import { runCleanup } from '../maintenance.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { isUniqueViolation } from '../db/pg-errors.js';
@@ -56,9 +56,10 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
   async function runBatch(conn: pg.Client, schema: SchemaName): Promise<number> {
     const exec = pgExecutor(conn);
     await conn.query(BEGIN_RELAY_BATCH);
+    let relayWindow: RelayWindow | null = null;
     try {
-      const window = await readRelayWindow(exec, schema);
-      const result = await relayBatch(exec, schema, window, batchSize);
+      relayWindow = await readRelayWindow(exec, schema);
+      const result = await relayBatch(exec, schema, relayWindow, batchSize);
       if (!result.stateWritten) {
         await conn.query('ROLLBACK');
         log.warn('relay state changed under this relay; rolled back its batch');
@@ -72,10 +73,14 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
       return result.messages;
     } catch (error) {
       await conn.query('ROLLBACK').catch(() => undefined);
-      // Another writer relayed the same messages first (see relayBatch): nothing was written twice.
-      if (isUniqueViolation(error)) {
-        log.warn('another relay wrote these deliveries first; rolled back this batch');
-        return 0;
+      // Another writer relayed the same messages first (see relayBatch): nothing was written twice, and relay_state
+      // has moved on. A duplicate with relay_state unchanged is a fault of its own: it takes the error path.
+      if (isUniqueViolation(error) && relayWindow !== null) {
+        const now = await readRelayWindow(exec, schema);
+        if (now.version !== relayWindow.version) {
+          log.warn('another relay wrote these deliveries first; rolled back this batch');
+          return 0;
+        }
       }
       throw error;
     }

@@ -21,6 +21,11 @@ export interface Settlement {
   error: string | null;
 }
 
+/** The key of one outcome in settleDeliveries' result: a delivery can be held twice, on two attempts. */
+export function settlementKey(item: { deliveryId: string; attempt: number }): string {
+  return `${item.deliveryId}:${item.attempt}`;
+}
+
 /**
  * Records handler outcomes in one statement. An ack moves the row from deliveries to the append-only
  * completed_deliveries (a DELETE and an INSERT: no new index entries in the hot table, which keeps only unfinished
@@ -28,76 +33,92 @@ export interface Settlement {
  * Fencing: only rows still on the attempt this consumer claimed change. A delivery whose lease expired and that
  * another consumer claimed again has a higher attempt, so a late ack or failure from the first consumer is a
  * no-op. The row lock each DELETE/UPDATE takes waits for a concurrent claim of the same row to commit and then
- * re-checks the attempt. Returns the ids that were settled.
- * A batch of acks only (the usual case) takes a shorter statement: two arrays, no UPDATE branch. Both statements
- * return only the outcomes that were not recorded (usually none), not a row per delivery.
+ * re-checks the attempt. Returns the settlementKey of every outcome that was recorded.
+ * Both statements return only the outcomes that were not recorded (usually none), not a row per delivery, and a
+ * batch of acks only (the usual case) takes the shorter one: two arrays, no UPDATE branch.
  */
 export async function settleDeliveries(
   exec: Executor,
   s: SchemaName,
   items: Settlement[],
 ): Promise<Set<string>> {
-  const ids = items.map((i) => i.deliveryId);
-  const attempts = items.map((i) => i.attempt);
   const missed = items.every((i) => i.outcome === 'done')
-    ? await exec.query<{ id: string }>(
-        `WITH acked AS (${ackStatement(s, 'unnest($1::bigint[], $2::int[]) AS f(id, attempt)', 'true')}),
-         logged AS (${logAcked(s)})
-         SELECT f.id FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)
-         WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)`,
-        [ids, attempts],
-      )
-    : await exec.query<{ id: string }>(
-        `WITH f AS (
-           SELECT *
-           FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
-             AS f(id, attempt, outcome, delay_ms, error)
-         ),
-         acked AS (${ackStatement(s, 'f', "f.outcome = 'done'")}),
-         logged AS (${logAcked(s)}),
-         failed AS (
-           UPDATE ${s.quoted}.deliveries d
-           SET state = CASE f.outcome WHEN 'dead' THEN 'dead' ELSE 'pending' END,
-               available_at = CASE WHEN f.outcome = 'retry'
-                                   THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
-               leased_until = NULL,
-               last_error = f.error,
-               completed_at = CASE WHEN f.outcome = 'dead' THEN now() END
-           FROM f
-           WHERE d.id = ANY ($1::bigint[])
-             AND d.id = f.id
-             AND d.attempt = f.attempt
-             AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
-             AND f.outcome <> 'done'
-           RETURNING d.id, d.attempt
-         )
-         SELECT f.id FROM f
-         WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)
-           AND NOT EXISTS (SELECT 1 FROM failed x WHERE x.id = f.id AND x.attempt = f.attempt)`,
-        [ids, attempts, items.map((i) => i.outcome), items.map((i) => i.delayMs), items.map((i) => i.error)],
-      );
-  const notSettled = new Set(missed.map((r) => r.id));
-  return new Set(ids.filter((id) => !notSettled.has(id)));
+    ? await ackOnly(exec, s, items)
+    : await settleMixed(exec, s, items);
+  const notRecorded = new Set(missed.map((r) => settlementKey({ deliveryId: r.id, attempt: r.attempt })));
+  return new Set(items.map(settlementKey).filter((key) => !notRecorded.has(key)));
 }
 
-/** The DELETE of acked rows (settleDeliveries), fenced by attempt, reading (id, attempt) pairs from `source`. */
-function ackStatement(s: SchemaName, source: string, condition: string): string {
-  return `DELETE FROM ${s.quoted}.deliveries d
-          USING ${source}
-          WHERE d.id = ANY ($1::bigint[])
-            AND d.id = f.id
-            AND d.attempt = f.attempt
-            AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
-            AND ${condition}
-          RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at`;
+interface Missed {
+  id: string;
+  attempt: number;
 }
 
-/** The audit row of each acked delivery (settleDeliveries). */
-function logAcked(s: SchemaName): string {
-  return `INSERT INTO ${s.quoted}.completed_deliveries
-            (id, subscription_id, message_id, key, attempt, last_error, created_at)
-          SELECT id, subscription_id, message_id, key, attempt, last_error, created_at
-          FROM acked`;
+/*
+ * ACKED and LOGGED: the DELETE of acked rows and their audit rows, shared by both settle statements. The
+ * statement around them defines f(id, attempt, ...) and passes the ids as $1.
+ */
+const ACKED = (s: SchemaName, condition: string) =>
+  `DELETE FROM ${s.quoted}.deliveries d
+   USING f
+   WHERE d.id = ANY ($1::bigint[])
+     AND d.id = f.id
+     AND d.attempt = f.attempt
+     AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
+     AND ${condition}
+   RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at`;
+const LOGGED = (s: SchemaName) =>
+  `INSERT INTO ${s.quoted}.completed_deliveries (id, subscription_id, message_id, key, attempt, last_error, created_at)
+   SELECT id, subscription_id, message_id, key, attempt, last_error, created_at
+   FROM acked`;
+
+async function ackOnly(exec: Executor, s: SchemaName, items: Settlement[]): Promise<Missed[]> {
+  return exec.query<Missed>(
+    `WITH f AS (SELECT * FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)),
+     acked AS (${ACKED(s, 'true')}),
+     logged AS (${LOGGED(s)})
+     SELECT f.id, f.attempt FROM f
+     WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)`,
+    [items.map((i) => i.deliveryId), items.map((i) => i.attempt)],
+  );
+}
+
+async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): Promise<Missed[]> {
+  return exec.query<Missed>(
+    `WITH f AS (
+       SELECT *
+       FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
+         AS f(id, attempt, outcome, delay_ms, error)
+     ),
+     acked AS (${ACKED(s, "f.outcome = 'done'")}),
+     logged AS (${LOGGED(s)}),
+     failed AS (
+       UPDATE ${s.quoted}.deliveries d
+       SET state = CASE f.outcome WHEN 'dead' THEN 'dead' ELSE 'pending' END,
+           available_at = CASE WHEN f.outcome = 'retry'
+                               THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
+           leased_until = NULL,
+           last_error = f.error,
+           completed_at = CASE WHEN f.outcome = 'dead' THEN now() END
+       FROM f
+       WHERE d.id = ANY ($1::bigint[])
+         AND d.id = f.id
+         AND d.attempt = f.attempt
+         AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
+         AND f.outcome <> 'done'
+       RETURNING d.id, d.attempt
+     )
+     SELECT f.id, f.attempt FROM f
+     WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)
+       AND NOT EXISTS (SELECT 1 FROM failed x WHERE x.id = f.id AND x.attempt = f.attempt)`,
+    [
+      items.map((i) => i.deliveryId),
+      items.map((i) => i.attempt),
+      items.map((i) => i.outcome),
+      items.map((i) => i.delayMs),
+      items.map((i) => i.error),
+    ],
+  );
 }
 
 /**

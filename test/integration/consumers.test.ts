@@ -1,6 +1,7 @@
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { discard, retryAfter, type Outbox } from '../../src/index.js';
-import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+import { createOutbox, discard, retryAfter, type Outbox } from '../../src/index.js';
+import { count, setupOutboxTest, testLogger, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 const states = async (t: OutboxTestContext, subscription: string) => {
   const { rows } = await t.pool.query<{ state: string; n: string }>(
@@ -286,4 +287,69 @@ describe('consumers', () => {
       ),
     ).toBe(9);
   });
+
+  it('claims a backlog with two statements at once, each delivery once, each key in order', async () => {
+    // A pool of its own that records how many claim statements of one subscription run at the same moment.
+    const pool = new pg.Pool({ connectionString: t.db.url, max: 10 });
+    const running = new Map<unknown, number>();
+    let mostAtOnce = 0;
+    const query = pool.query.bind(pool) as (text: string, params?: unknown[]) => Promise<pg.QueryResult>;
+    pool.query = (async (text: string, params?: unknown[]) => {
+      const subscription =
+        typeof text === 'string' && text.startsWith('WITH due AS') ? params?.[0] : undefined;
+      const count = (running.get(subscription) ?? 0) + 1;
+      running.set(subscription, count);
+      if (subscription !== undefined) mostAtOnce = Math.max(mostAtOnce, count);
+      try {
+        return await query(text, params);
+      } finally {
+        running.set(subscription, (running.get(subscription) ?? 1) - 1);
+      }
+    }) as typeof pool.query;
+    const outbox = createOutboxOn(pool);
+    const handled = new Map<string, number>();
+    const byKey = new Map<string, number[]>();
+    const options = { topics: ['split.test'], batchSize: 400, concurrency: 50 };
+    outbox.subscribe('split-plain', options, (m) => {
+      handled.set(m.id, (handled.get(m.id) ?? 0) + 1);
+    });
+    outbox.subscribe('split-ordered', { ...options, ordered: true }, (m) => {
+      const n = (m.payload as { n: number }).n;
+      byKey.set(m.key ?? '', [...(byKey.get(m.key ?? '') ?? []), n]);
+    });
+    const total = 2000;
+    for (let i = 0; i < total; i += 500) {
+      await outbox.publishMany(
+        t.pool,
+        Array.from({ length: 500 }, (_, j) => ({
+          topic: 'split.test',
+          key: `k${(i + j) % 20}`,
+          payload: { n: i + j },
+        })),
+      );
+    }
+    await outbox.start();
+    try {
+      await waitFor(
+        'both subscriptions acked everything',
+        async () => {
+          const [plain, ordered] = [await states(t, 'split-plain'), await states(t, 'split-ordered')];
+          return plain.done === total && ordered.done === total;
+        },
+        30_000,
+      );
+    } finally {
+      await outbox.stop();
+      await pool.end();
+    }
+    expect(handled.size).toBe(total);
+    expect([...handled.values()].every((n) => n === 1)).toBe(true);
+    for (const ns of byKey.values()) expect(ns).toEqual([...ns].sort((a, b) => a - b));
+    expect([...byKey.values()].reduce((sum, ns) => sum + ns.length, 0)).toBe(total);
+    expect(mostAtOnce).toBeGreaterThanOrEqual(2);
+  });
 });
+
+function createOutboxOn(pool: pg.Pool) {
+  return createOutbox({ pool, logger: testLogger, shutdownTimeoutMs: 2_000 });
+}
