@@ -141,7 +141,7 @@ export function messageRow(
     key: optionalString(opts.key, 'key', 'OUTBOX_INVALID_KEY'),
     payload: json,
     headers,
-    jsonBytes: bytes + (headers === EMPTY_HEADERS ? EMPTY_HEADERS.length : Buffer.byteLength(headers)),
+    jsonBytes: bytes + Buffer.byteLength(headers),
     ...due(opts),
     dedupKey: optionalString(opts.dedupKey, 'dedupKey', 'OUTBOX_INVALID_OPTION'),
   };
