@@ -1,3 +1,4 @@
+import { setImmediate } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { pgExecutor } from '../db/executor.js';
@@ -123,6 +124,9 @@ export class Consumer {
           this.waitingForRoom = true;
           await this.wakeup.wait(pollIntervalMs);
           this.waitingForRoom = false;
+          // A lane that ends nudges at once, but quick handlers end in bursts: let the burst finish before sizing
+          // the claim, or the claim takes the one free slot's worth and the full-size claim waits behind it.
+          await setImmediate();
           continue;
         }
         const request = {
