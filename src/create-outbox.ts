@@ -98,10 +98,18 @@ export function createOutbox(options: OutboxOptions): Outbox {
   // started, so many Outbox instances over one pool do not pile up listeners.
   const onPoolError = (error: Error) => log.warn({ err: error }, 'idle pool connection lost');
 
-  async function startConsumer(consumer: Consumer, name: string): Promise<void> {
-    const id = await upsertSubscription(pgExecutor(pool), schema, name, consumer.filter, consumer.ordered);
+  /** Creates or updates the subscription of a registered consumer; returns its id. */
+  function declareConsumer(consumer: Consumer, name: string): Promise<number> {
+    return upsertSubscription(pgExecutor(pool), schema, name, consumer.filter, consumer.ordered);
+  }
+
+  function runConsumer(consumer: Consumer, id: number): void {
     listener.add(id, consumer.wakeup);
     consumer.start(id);
+  }
+
+  async function startConsumer(consumer: Consumer, name: string): Promise<void> {
+    runConsumer(consumer, await declareConsumer(consumer, name));
   }
 
   async function assertMigrated(): Promise<void> {
@@ -194,11 +202,15 @@ export function createOutbox(options: OutboxOptions): Outbox {
       await assertMigrated();
       started = true;
       pool.on('error', onPoolError);
+      // Every subscription registered here exists before this process's relay starts, so a message still in the
+      // relay's backlog reaches all of them, not only those whose declaration happened to commit first.
+      const registered = config.consumers ? [...consumers] : [];
+      const declared = await Promise.all(
+        registered.map(async ([name, consumer]) => ({ consumer, id: await declareConsumer(consumer, name) })),
+      );
       if (config.relay.enabled) relay.start();
-      if (config.consumers && consumers.size > 0) {
-        listener.start();
-        await Promise.all([...consumers].map(([name, consumer]) => startConsumer(consumer, name)));
-      }
+      if (declared.length > 0) listener.start();
+      for (const { consumer, id } of declared) runConsumer(consumer, id);
     },
     async stop() {
       if (!started) return;

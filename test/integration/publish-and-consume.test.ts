@@ -66,4 +66,68 @@ describe('publish, relay and consume', () => {
     expect(status.subscriptions.map((s) => s.name)).toEqual(['audit', 'other', 'points']);
     await outbox.stop();
   });
+  it('declares every subscription it runs before its relay starts, so all of them get the waiting messages', async () => {
+    // A subscription receives what is relayed after it exists. Six subscribers, messages already waiting, and the
+    // declaration of one of them held up by a transaction that inserted the same name and has not finished: the
+    // relay must not run before that declaration is done, or the held-up subscription misses the backlog.
+    const outbox = t.outbox();
+    const names = ['early-a', 'early-b', 'early-c', 'early-d', 'early-e', 'early-f'];
+    const handled = new Map(names.map((name) => [name, 0]));
+    for (const name of names) {
+      outbox.subscribe(name, { topics: ['early.test'], ordered: name === 'early-b' }, () => {
+        handled.set(name, (handled.get(name) ?? 0) + 1);
+      });
+    }
+    const total = 1000;
+    await outbox.publishMany(
+      t.pool,
+      Array.from({ length: total }, (_, i) => ({ topic: 'early.test', key: `k${i % 20}`, payload: { i } })),
+    );
+    const blocker = await t.pool.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(
+        `INSERT INTO outbox.subscriptions (name, topics) VALUES ('early-c', '{early.test}')`,
+      );
+      const starting = outbox.start();
+      await waitFor('the declaration of early-c to wait for the blocker', async () => {
+        const { rows } = await t.pool.query(
+          `SELECT 1 FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%subscriptions%'`,
+        );
+        return rows.length > 0;
+      });
+      // The relay would take its advisory lock within milliseconds of starting; give it a second to show it did not.
+      const relayRan = await waitFor(
+        'the relay to start',
+        async () =>
+          (await count(
+            t.pool,
+            `SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND d.datname = current_database()`,
+          )) > 0,
+        1_000,
+      ).then(
+        () => true,
+        () => false,
+      );
+      expect(relayRan).toBe(false);
+      await blocker.query('ROLLBACK');
+      await starting;
+    } finally {
+      blocker.release();
+    }
+    try {
+      await waitFor('every subscription to handle the backlog', () =>
+        names.every((n) => (handled.get(n) ?? 0) >= total),
+      );
+    } finally {
+      await outbox.stop();
+    }
+    const relayed = await t.pool.query<{ subscription: string; n: string }>(
+      `SELECT subscription, count(*) AS n FROM outbox.message_deliveries
+       WHERE topic = 'early.test' GROUP BY subscription ORDER BY subscription`,
+    );
+    expect(relayed.rows.map((r) => [r.subscription, Number(r.n)])).toEqual(names.map((n) => [n, total]));
+  });
 });
