@@ -124,8 +124,7 @@ export class Consumer {
           this.waitingForRoom = true;
           await this.wakeup.wait(pollIntervalMs);
           this.waitingForRoom = false;
-          // A lane that ends nudges at once, but quick handlers end in bursts: let the burst finish before sizing
-          // the claim, or the claim takes the one free slot's worth and the full-size claim waits behind it.
+          // Quick handlers end in a burst: count all of it, or the claim asks for the first free slot's worth.
           await setImmediate();
           continue;
         }

@@ -66,6 +66,7 @@ describe('publish, relay and consume', () => {
     expect(status.subscriptions.map((s) => s.name)).toEqual(['audit', 'other', 'points']);
     await outbox.stop();
   });
+
   it('declares every subscription it runs before its relay starts, so all of them get the waiting messages', async () => {
     // A subscription receives what is relayed after it exists. Six subscribers, messages already waiting, and the
     // declaration of one of them held up by a transaction that inserted the same name and has not finished: the
@@ -83,13 +84,15 @@ describe('publish, relay and consume', () => {
       t.pool,
       Array.from({ length: total }, (_, i) => ({ topic: 'early.test', key: `k${i % 20}`, payload: { i } })),
     );
+    // close() stops this outbox if an expectation below fails.
     const blocker = await t.pool.connect();
+    let starting: Promise<void> | undefined;
     try {
       await blocker.query('BEGIN');
       await blocker.query(
         `INSERT INTO outbox.subscriptions (name, topics) VALUES ('early-c', '{early.test}')`,
       );
-      const starting = outbox.start();
+      starting = outbox.start();
       await waitFor('the declaration of early-c to wait for the blocker', async () => {
         const { rows } = await t.pool.query(
           `SELECT 1 FROM pg_stat_activity
@@ -104,7 +107,7 @@ describe('publish, relay and consume', () => {
           (await count(
             t.pool,
             `SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                 WHERE l.locktype = 'advisory' AND d.datname = current_database()`,
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()`,
           )) > 0,
         1_000,
       ).then(
@@ -112,10 +115,10 @@ describe('publish, relay and consume', () => {
         () => false,
       );
       expect(relayRan).toBe(false);
-      await blocker.query('ROLLBACK');
-      await starting;
     } finally {
+      await blocker.query('ROLLBACK');
       blocker.release();
+      await starting;
     }
     try {
       await waitFor('every subscription to handle the backlog', () =>
