@@ -4,14 +4,15 @@
  * anything).
  *
  *   npm run bench                 all scenarios, in the order of the issue
- *   npm run bench:<scenario>      one of: publish, drain, fanout, latency, lateness, backlog
+ *   npm run bench:<scenario>      one of: publish, drain, fanout, latency, lateness, backlog, relay-backlog
  *
- * Uses DATABASE_URL when set, else an embedded PostgreSQL (test/helpers/postgres.ts). Prints each scenario's
+ * Uses DATABASE_URL when set, else a Testcontainers or embedded PostgreSQL (test/helpers/postgres.ts);
+ * BENCH_POSTGRES=embedded picks the embedded PostgreSQL 18 even when DATABASE_URL is set. Prints each scenario's
  * table and writes it to bench/RESULTS.md, replacing only the sections this run produced.
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startPostgres } from '../test/helpers/postgres.js';
+import { startEmbeddedPostgres, startPostgres, type PostgresServer } from '../test/helpers/postgres.js';
 import { readConfig } from './lib/config.js';
 import type { BenchContext, Scenario } from './lib/context.js';
 import { createPool } from './lib/db.js';
@@ -24,6 +25,7 @@ import { fanoutScenario } from './scenarios/fanout.js';
 import { latencyScenario } from './scenarios/latency.js';
 import { latenessScenario } from './scenarios/lateness.js';
 import { publishScenario } from './scenarios/publish.js';
+import { relayBacklogScenario } from './scenarios/relay-backlog.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -32,6 +34,7 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   latency: latencyScenario,
   lateness: latenessScenario,
   backlog: backlogScenario,
+  'relay-backlog': relayBacklogScenario,
 };
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');
@@ -57,7 +60,9 @@ function header(environment: string): string {
     '',
     'Sizes: `BENCH_REPS` (3), `BENCH_PUBLISH_SECONDS` (2), `BENCH_DRAIN_N` (50000), `BENCH_FANOUT_N` (2000),',
     '`BENCH_LATENCY_RATE` (200) / `BENCH_LATENCY_SECONDS` (10), `BENCH_LATENESS_N` (2000) /',
-    '`BENCH_LATENESS_WINDOW_SECONDS` (10), `BENCH_BACKLOG_MAX` (10000000), `BENCH_BACKLOG_CLAIMS` (200).',
+    '`BENCH_LATENESS_WINDOW_SECONDS` (10), `BENCH_BACKLOG_MAX` (10000000), `BENCH_BACKLOG_CLAIMS` (200),',
+    '`BENCH_RELAY_BACKLOG_MAX` (1000000), `BENCH_RELAY_BASELINE` (unset: the root of another checkout whose relay',
+    'the relay-backlog scenario measures too). `BENCH_POSTGRES=embedded` runs on an embedded PostgreSQL 18.',
     '',
     'Environment of the latest run:',
     '',
@@ -65,10 +70,16 @@ function header(environment: string): string {
   ].join('\n');
 }
 
+async function pickServer(): Promise<PostgresServer> {
+  if (process.env['BENCH_POSTGRES'] !== 'embedded') return startPostgres();
+  const embedded = await startEmbeddedPostgres();
+  return { url: embedded.url, source: 'embedded', stop: embedded.stop };
+}
+
 async function main(): Promise<number> {
   const scenarios = parseScenarios(process.argv.slice(2));
   const config = readConfig();
-  const server = await startPostgres();
+  const server = await pickServer();
   const pool = createPool(server.url, 4);
   let failures = 0;
   try {
@@ -84,10 +95,12 @@ async function main(): Promise<number> {
     for (const name of scenarios) {
       ctx.log(`scenario ${name} starting`);
       let section: string;
+      let key: string = name;
       try {
         const report = await RUNNERS[name](ctx);
         const repetitions = report.repetitions ?? `${config.reps} repetitions per system`;
         section = renderReport(report, runLine(env, repetitions, startedAt));
+        if (report.variant !== undefined) key = `${name}@${report.variant}`;
       } catch (error) {
         failures += 1;
         const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
@@ -96,7 +109,9 @@ async function main(): Promise<number> {
       }
       console.log(section);
       // Written after every scenario, so a long run that fails late keeps what it measured.
-      await updateResults(RESULTS_FILE, new Map([[name, section]]));
+      const fresh = new Map<string, string | null>([[key, section]]);
+      if (key !== name) fresh.set(name, null);
+      await updateResults(RESULTS_FILE, fresh);
     }
     ctx.log(`results written to ${path.relative(process.cwd(), RESULTS_FILE)}`);
   } finally {

@@ -67,12 +67,20 @@ GRANT SELECT, INSERT ON :"schema".messages TO :"app_role";
 -- the relay and admin calls read. Subscriptions are never deleted by pg-outbox.
 GRANT SELECT, INSERT, UPDATE ON :"schema".subscriptions TO :"app_role";
 
--- deliveries, the work queue: the relay INSERTs; claims (SELECT ... FOR UPDATE SKIP LOCKED, which needs UPDATE),
--- retries, lease extensions, releases, cancel() and replay() UPDATE; an ack DELETEs the row.
+-- deliveries, the work queue of pending deliveries: the relay and replay() INSERT (replay() with OVERRIDING
+-- SYSTEM VALUE when a dead letter keeps its id, which needs no more than INSERT); claims (SELECT ... FOR UPDATE
+-- SKIP LOCKED, which needs UPDATE), retries, lease extensions and releases UPDATE; an ack, a dead letter and a
+-- cancellation DELETE the row, which moves to one of the two tables below.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".deliveries TO :"app_role";
 
--- completed_deliveries, the audit trail: an ack INSERTs; the service never reads, changes or deletes it.
+-- completed_deliveries, the audit trail: an ack, and a cancellation (cancel(), or a claim that drops a cancelled
+-- delivery), INSERT; the service never reads, changes or deletes it.
 GRANT INSERT ON :"schema".completed_deliveries TO :"app_role";
+
+-- dead_deliveries, the dead letters: a handler's last failure and a claim that gives up INSERT; deadLetters(),
+-- status() and the ordered claim's blockKeyOnDead check read; replay() DELETEs (moving them back to deliveries).
+-- Never updated.
+GRANT SELECT, INSERT, DELETE ON :"schema".dead_deliveries TO :"app_role";
 
 -- cancellations: cancel() INSERTs; the relay and claims read.
 GRANT SELECT, INSERT ON :"schema".cancellations TO :"app_role";

@@ -1,4 +1,6 @@
-import type { Executor } from './db/executor.js';
+import type pg from 'pg';
+import { withTransaction, type Executor } from './db/executor.js';
+import { lockDeliveryIds } from './sql/locks.js';
 import type { SchemaName } from './db/identifiers.js';
 import { OutboxError } from './errors.js';
 import { assertKnownKeys } from './options.js';
@@ -71,7 +73,7 @@ export async function listDeadLetters(
 }
 
 export async function replayDeadLetters(
-  exec: Executor,
+  pool: pg.Pool,
   s: SchemaName,
   name: string,
   options: { ids?: readonly (string | number | bigint)[] } = {},
@@ -88,10 +90,15 @@ export async function replayDeadLetters(
       value: options.ids,
     });
   }
-  const subscriptionId = await subscriptionIdOf(exec, s, name);
-  const replayed = await requeueDeadLetters(exec, s, { subscriptionId, ids });
-  if (replayed > 0) await notifySubscription(exec, s, subscriptionId);
-  return { replayed };
+  assertSubscriptionName(name);
+  return withTransaction(pool, async (exec) => {
+    const subscriptionId = await subscriptionIdOf(exec, s, name);
+    // Dead letters queued anew take ids from the sequence the relay draws from: see lockDeliveryIds.
+    await lockDeliveryIds(exec, s);
+    const replayed = await requeueDeadLetters(exec, s, { subscriptionId, ids });
+    if (replayed > 0) await notifySubscription(exec, s, subscriptionId);
+    return { replayed };
+  });
 }
 
 export async function readStatus(exec: Executor, s: SchemaName): Promise<OutboxStatus> {

@@ -15,14 +15,16 @@ import { migrate } from './migrate.js';
 import { runCleanup, type CleanupResult } from './maintenance.js';
 import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
 import { publish, publishMany } from './producer/publish.js';
+import { declareSubscription } from './declare-subscription.js';
+import { SideConnection } from './db/side-connection.js';
 import { createRelay } from './relay/relay.js';
+import { resetRelay, type ResetRelayResult } from './relay/reset.js';
+import { createLifecycle } from './runtime/lifecycle.js';
 import { Listener } from './runtime/listener.js';
 import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';
 import { assertKeyPart } from './idempotency-key.js';
-import { selectRelayStateExists } from './sql/schema.js';
-import { upsertSubscription } from './sql/subscriptions.js';
 import { assertSubscriptionName, topicFilter } from './topics.js';
 import type {
   DeadLetter,
@@ -47,8 +49,15 @@ export interface Outbox {
    * drops it). Returns how many pending deliveries were dropped now: 0 when the relay had not fanned it out yet.
    */
   cancel(db: Queryable, messageId: string | number | bigint): Promise<{ cancelled: number }>;
-  /** Creates the subscription (consumer group) or updates its topics; the relay fans out to it from then on. */
-  declareSubscription(name: string, options: { topics: string[]; ordered?: boolean }): Promise<void>;
+  /**
+   * Creates the subscription (consumer group) or updates it; the relay fans out to it from then on. Replaces the
+   * topics and changes only the settings given: an omitted `ordered` or `blockKeyOnDead` keeps its stored value
+   * (false for a new subscription).
+   */
+  declareSubscription(
+    name: string,
+    options: { topics: string[]; ordered?: boolean; blockKeyOnDead?: boolean },
+  ): Promise<void>;
   subscribe<Payload = unknown>(
     name: string,
     options: SubscribeOptions<Payload> & { mode: 'transactional' },
@@ -59,9 +68,16 @@ export interface Outbox {
     options: SubscribeOptions<Payload>,
     handler: Handler<LeaseContext, Payload>,
   ): void;
-  /** Starts the relay and the registered consumers in this process. Idempotent. */
+  /**
+   * Starts the relay and the registered consumers in this process. Idempotent; concurrent calls share one start.
+   * When it fails (schema not migrated, a subscription conflict, the database down) nothing runs and it can be
+   * called again.
+   */
   start(): Promise<void>;
-  /** Stops claiming, finishes or releases in-flight work, stops the relay. Idempotent. */
+  /**
+   * Stops claiming, finishes or releases in-flight work, stops the relay. Idempotent. Once it resolved no consumer
+   * of this Outbox runs, also none whose start (a subscribe() after start()) was still under way.
+   */
   stop(): Promise<void>;
   once<D extends Queryable, T>(
     db: D,
@@ -75,6 +91,12 @@ export interface Outbox {
     options?: { ids?: readonly (string | number | bigint)[] },
   ): Promise<{ replayed: number }>;
   status(): Promise<OutboxStatus>;
+  /**
+   * Sets the relay's position to now and fans out every committed message that has no delivery yet. Needed after
+   * the database moved to another cluster (the relay refuses with OUTBOX_RELAY_CLUSTER_CHANGED); safe at any time.
+   * Runs with the pool's role, which needs the schema owner's privileges.
+   */
+  resetRelay(): Promise<ResetRelayResult>;
   /** One bounded cleanup pass now (the active relay also runs it every relay.maintenanceIntervalMs). */
   cleanup(): Promise<CleanupResult>;
   on<E extends EventName>(event: E, listener: EventListener<E>): void;
@@ -82,6 +104,12 @@ export interface Outbox {
   /** The pino logger in use. */
   readonly logger: Logger;
 }
+
+/**
+ * Longest wait for a lease extension's answer before its connection is given up as dead: a half-open connection
+ * must not hold every heartbeat of the Outbox until the kernel notices.
+ */
+const LEASE_QUERY_TIMEOUT_MS = 10_000;
 
 export function createOutbox(options: OutboxOptions): Outbox {
   const config = resolveOptions(options);
@@ -92,37 +120,13 @@ export function createOutbox(options: OutboxOptions): Outbox {
   const relay = createRelay(config, events);
   const listener = new Listener(pool, schema, config.logger, events);
   const consumers = new Map<string, Consumer>();
-  let started = false;
-  // pg-pool emits an idle client's connection error on the pool; without a listener a Postgres restart would
-  // crash the process. The pool drops that client by itself, so logging is all that is needed. Attached while
-  // started, so many Outbox instances over one pool do not pile up listeners.
-  const onPoolError = (error: Error) => log.warn({ err: error }, 'idle pool connection lost');
-
-  /** Creates or updates the subscription of a registered consumer; returns its id. */
-  function declareConsumer(consumer: Consumer, name: string): Promise<number> {
-    return upsertSubscription(pgExecutor(pool), schema, name, consumer.filter, consumer.ordered);
-  }
-
-  function runConsumer(consumer: Consumer, id: number): void {
-    listener.add(id, consumer.wakeup);
-    consumer.start(id);
-  }
-
-  async function startConsumer(consumer: Consumer, name: string): Promise<void> {
-    runConsumer(consumer, await declareConsumer(consumer, name));
-  }
-
-  async function assertMigrated(): Promise<void> {
-    if (!(await selectRelayStateExists(pgExecutor(pool), schema))) {
-      throw new OutboxError(
-        'OUTBOX_NOT_MIGRATED',
-        `Schema "${schema.name}" has no outbox tables: call migrate() first`,
-        {
-          value: schema.name,
-        },
-      );
-    }
-  }
+  // Lease extensions of all this Outbox's consumers, on a connection outside the pool (see SideConnection).
+  const leaseConnection = new SideConnection(
+    pool,
+    config.logger.child({ component: 'lease-connection', schema: schema.name }),
+    LEASE_QUERY_TIMEOUT_MS,
+  );
+  const lifecycle = createLifecycle({ config, consumers, relay, listener, leaseConnection, events, log });
 
   return {
     logger: config.logger,
@@ -144,19 +148,20 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
     async declareSubscription(name, opts) {
       assertSubscriptionName(name);
-      assertKnownKeys('declareSubscription', opts, ['topics', 'ordered']);
-      if (opts.ordered !== undefined && typeof opts.ordered !== 'boolean') {
-        throw new OutboxError('OUTBOX_INVALID_OPTION', 'ordered must be true or false', {
-          value: opts.ordered,
-        });
+      assertKnownKeys('declareSubscription', opts, ['topics', 'ordered', 'blockKeyOnDead']);
+      for (const option of ['ordered', 'blockKeyOnDead'] as const) {
+        if (opts[option] !== undefined && typeof opts[option] !== 'boolean') {
+          throw new OutboxError('OUTBOX_INVALID_OPTION', `${option} must be true or false`, {
+            value: opts[option],
+          });
+        }
       }
-      await upsertSubscription(
-        pgExecutor(pool),
-        schema,
-        name,
-        topicFilter(opts.topics),
-        opts.ordered ?? false,
-      );
+      const request = {
+        filter: topicFilter(opts.topics),
+        ordered: opts.ordered,
+        blockKeyOnDead: opts.blockKeyOnDead,
+      };
+      await declareSubscription(pool, schema, name, request, 'declare');
     },
     subscribe(
       name: string,
@@ -183,42 +188,17 @@ export function createOutbox(options: OutboxOptions): Outbox {
         name,
         schema,
         pool,
+        leaseConnection,
         options: resolved,
         handler: withPayloadSchema(handler as Handler<unknown>, resolved.schema),
         logger: config.logger,
         events,
       });
       consumers.set(name, consumer);
-      if (started && config.consumers) {
-        listener.start();
-        startConsumer(consumer, name).catch((error: unknown) => {
-          log.error({ err: error, subscription: name }, 'starting consumer failed');
-          events.emit('error', error, { component: `consumer:${name}` });
-        });
-      }
+      lifecycle.subscribed(name, consumer);
     },
-    async start() {
-      if (started) return;
-      await assertMigrated();
-      started = true;
-      pool.on('error', onPoolError);
-      // Every subscription registered here exists before this process's relay starts, so a message still in the
-      // relay's backlog reaches all of them, not only those whose declaration happened to commit first.
-      const registered = config.consumers ? [...consumers] : [];
-      const declared = await Promise.all(
-        registered.map(async ([name, consumer]) => ({ consumer, id: await declareConsumer(consumer, name) })),
-      );
-      if (config.relay.enabled) relay.start();
-      if (declared.length > 0) listener.start();
-      for (const { consumer, id } of declared) runConsumer(consumer, id);
-    },
-    async stop() {
-      if (!started) return;
-      started = false;
-      await Promise.all([...consumers.values()].map((c) => c.stop(config.shutdownTimeoutMs)));
-      await Promise.all([listener.stop(), relay.stop()]);
-      pool.off('error', onPoolError);
-    },
+    start: () => lifecycle.start(),
+    stop: () => lifecycle.stop(),
     once(db, scope, key, fn) {
       assertKeyPart('scope', scope);
       assertKeyPart('key', key);
@@ -228,9 +208,10 @@ export function createOutbox(options: OutboxOptions): Outbox {
       });
     },
     deadLetters: (name, query) => listDeadLetters(pgExecutor(pool), schema, name, query),
-    replay: (name, opts) => replayDeadLetters(pgExecutor(pool), schema, name, opts),
+    replay: (name, opts) => replayDeadLetters(pool, schema, name, opts),
     status: () => readStatus(pgExecutor(pool), schema),
-    cleanup: () => runCleanup(pgExecutor(pool), schema, config.processedRetentionMs),
+    resetRelay: () => resetRelay(pool, schema, config.logger),
+    cleanup: () => runCleanup(pgExecutor(pool), schema, config),
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };

@@ -16,12 +16,17 @@ export type OutboxErrorCode =
   | 'OUTBOX_NOT_SUPPORTED'
   | 'OUTBOX_MIGRATION_FAILED'
   | 'OUTBOX_NOT_MIGRATED'
-  | 'OUTBOX_DEDUP_CONFLICT';
+  | 'OUTBOX_DEDUP_CONFLICT'
+  | 'OUTBOX_SUBSCRIPTION_CONFLICT'
+  | 'OUTBOX_RELAY_CLUSTER_CHANGED';
 
 export class OutboxError extends Error {
   override readonly name = 'OutboxError';
   readonly code: OutboxErrorCode;
-  /** The offending value, when there is one (never a payload). */
+  /**
+   * The offending value, or a description of it (`{ header, type }`), when there is one. Like the logs, never a
+   * payload or a header value, which may hold personal data or tokens.
+   */
   readonly value: unknown;
 
   constructor(code: OutboxErrorCode, message: string, options: { cause?: unknown; value?: unknown } = {}) {
@@ -37,7 +42,9 @@ export function isOutboxError(error: unknown, code?: OutboxErrorCode): error is 
 
 /**
  * Thrown from a handler to schedule the next attempt after `delayMs` instead of the retry policy's backoff.
- * It still counts as an attempt: after `maxAttempts` the delivery is dead-lettered.
+ * It still counts as an attempt: after `maxAttempts` the delivery is dead-lettered. The delay is rounded to whole
+ * milliseconds and held within 0 and 30 days; one that is not a finite number (NaN, Infinity) gets the policy's
+ * backoff instead. `retryAfter()` checks the delay where it is made.
  */
 export class RetryAfterError extends Error {
   override readonly name = 'RetryAfterError';

@@ -24,7 +24,11 @@ export interface RelayOptions {
    * so a standby takes over from a relay whose network path died or whose process froze. @defaultValue 30_000
    */
   sessionTimeoutMs?: number;
-  /** How often the active relay runs the cleanup (expired idempotency keys). @defaultValue 60_000 */
+  /**
+   * How often the cleanup (expired idempotency keys and dead letters) runs while this process's relay is active.
+   * It runs on pool connections beside the relay, a first pass as soon as the relay leads; a pass that leaves work
+   * behind is followed by the next at once, and each statement is bounded by sessionTimeoutMs. @defaultValue 60_000
+   */
   maintenanceIntervalMs?: number;
 }
 
@@ -47,6 +51,11 @@ export interface OutboxOptions {
    * this runs its effect again, so keep it well above your longest retry schedule. @defaultValue 2_592_000_000 (30 days)
    */
   processedRetentionMs?: number;
+  /**
+   * How long dead letters are kept after they died; older ones are deleted by the cleanup (and can no longer be
+   * replayed). 0 keeps them until they are replayed. @defaultValue 0
+   */
+  deadLetterRetentionMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -58,14 +67,17 @@ export interface ResolvedOptions {
   consumers: boolean;
   shutdownTimeoutMs: number;
   processedRetentionMs: number;
+  deadLetterRetentionMs: number;
 }
 
 export interface ResolvedSubscribeOptions {
   filter: TopicFilter;
   schema: StandardSchemaV1 | undefined;
   mode: SubscriptionMode;
-  ordered: boolean;
-  blockKeyOnDead: boolean;
+  /** As asked for; undefined runs with the stored value (the subscription stores its settings). */
+  ordered: boolean | undefined;
+  /** As asked for; undefined runs with the stored value. */
+  blockKeyOnDead: boolean | undefined;
   maxAttempts: number;
   batchSize: number;
   concurrency: number;
@@ -136,6 +148,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'consumers',
     'shutdownTimeoutMs',
     'processedRetentionMs',
+    'deadLetterRetentionMs',
   ]);
   if (typeof options.pool?.connect !== 'function' || !('totalCount' in options.pool)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'createOutbox needs `pool`: a pg.Pool', {
@@ -179,6 +192,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
       0,
       3650 * DAY_MS,
     ),
+    deadLetterRetentionMs: integer('deadLetterRetentionMs', o.deadLetterRetentionMs, 0, 0, 3650 * DAY_MS),
   };
 }
 
@@ -203,9 +217,12 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
       value: mode,
     });
   }
-  const ordered = boolean('ordered', o.ordered, false);
-  const blockKeyOnDead = boolean('blockKeyOnDead', o.blockKeyOnDead, false);
-  if (blockKeyOnDead && !ordered) {
+  // Omitted settings keep the stored ones, so only an explicit `ordered: false` makes blockKeyOnDead invalid here;
+  // the rest is checked against the stored subscription when the consumer starts.
+  const ordered = o.ordered === undefined ? undefined : boolean('ordered', o.ordered, false);
+  const blockKeyOnDead =
+    o.blockKeyOnDead === undefined ? undefined : boolean('blockKeyOnDead', o.blockKeyOnDead, false);
+  if (blockKeyOnDead === true && ordered === false) {
     throw new OutboxError(
       'OUTBOX_INVALID_OPTION',
       'blockKeyOnDead applies to ordered subscriptions: set ordered: true',

@@ -64,10 +64,17 @@ export interface SubscribeOptions<Payload = unknown> {
   /**
    * Per-key FIFO: deliveries with the same `key` are handled one at a time, in relay order; different keys run in
    * parallel. Messages without a key are not ordered. A failing head retries while its successors wait; once it is
-   * dead-lettered the key moves on (see blockKeyOnDead). @defaultValue false
+   * dead-lettered the key moves on (see blockKeyOnDead).
+   * Stored with the subscription and shared by all its consumers: omitted, the consumer runs with the stored value
+   * (false when this call creates the subscription); a value that differs from the stored one makes start() fail
+   * with OUTBOX_SUBSCRIPTION_CONFLICT. Change it with declareSubscription or `pg-outbox declare --ordered`.
+   * @defaultValue the stored value, or false for a new subscription
    */
   ordered?: boolean;
-  /** Ordered subscriptions: a dead-lettered head stops its key until it is replayed. @defaultValue false */
+  /**
+   * Ordered subscriptions: a dead-lettered head stops its key until it is replayed. Stored with the subscription
+   * like `ordered`, with the same rules. @defaultValue the stored value, or false for a new subscription
+   */
   blockKeyOnDead?: boolean;
   /** Hand-outs before a delivery is dead-lettered. @defaultValue 10 */
   maxAttempts?: number;
@@ -78,7 +85,8 @@ export interface SubscribeOptions<Payload = unknown> {
   /**
    * How long a claim stays exclusive without news from its consumer. Lease mode extends the leases of running
    * handlers every leaseMs / 3, so only a dead or stalled consumer loses a delivery; queued, unstarted work is
-   * given back at 90% of it. @defaultValue 30_000
+   * given back at 90% of it. Transactional mode: once a handler's transaction has locked its deliveries, the row
+   * lock keeps them from other consumers past leaseMs, until COMMIT. @defaultValue 30_000
    */
   leaseMs?: number;
   /** Safety-net poll when no wake-up arrives. @defaultValue 1000 */
@@ -115,7 +123,12 @@ export declare namespace StandardSchemaV1 {
 }
 
 export interface LeaseContext {
-  /** Aborted when the consumer stops past its shutdown timeout or the lease runs out. */
+  /**
+   * Aborted when the work is lost. Lease mode: the lease ran out (its extensions kept failing) or another
+   * consumer claimed the delivery, or stop() gave up waiting (shutdownTimeoutMs). Transactional mode: the
+   * transaction's connection failed or stop() gave up waiting; not at leaseMs, since the transaction's row lock
+   * keeps the delivery from other consumers however long the handler runs.
+   */
   signal: AbortSignal;
 }
 

@@ -51,6 +51,17 @@ function positive(name: string, value: number | undefined, fallback: number): nu
 }
 
 /**
+ * The Redis key of (scope, key). Scope and key may both hold ':', so the scope's length (in UTF-16 code units)
+ * comes first: after the prefix, ('a:b', 'c') is `3:a:b:c` and ('a', 'b:c') is `1:a:b:c`, where the earlier
+ * `${scope}:${key}` made both `a:b:c`. Keys written in that earlier encoding are not recognised after the
+ * upgrade (nor by processes of the old version during a rolling one): an effect that ran within ttlMs before the
+ * upgrade runs again if its message is delivered again after it.
+ */
+function weakKey(prefix: string, scope: string, key: string): string {
+  return `${prefix}${scope.length}:${scope}:${key}`;
+}
+
+/**
  * The weak idempotency check: a Redis key per (scope, key), outside any database transaction. Cheaper than the
  * strong check and usable for effects outside Postgres (an SMS, a push notification), at the price of a rare
  * duplicate: a process that dies after the effect but before marking it done leaves the key to expire after
@@ -72,7 +83,7 @@ export function createWeakCheck(redis: RedisCommands, options: WeakCheckOptions 
     async once<T>(scope: string, key: string, fn: () => Promise<T>): Promise<OnceResult<T>> {
       assertKeyPart('scope', scope);
       assertKeyPart('key', key);
-      const redisKey = `${prefix}${scope}:${key}`;
+      const redisKey = weakKey(prefix, scope, key);
       const token = randomUUID();
       const claimed = await redis.sendCommand(['SET', redisKey, token, 'NX', 'PX', String(claimMs)]);
       if (claimed === null) {

@@ -29,6 +29,13 @@ export interface BenchConfig {
   backlogMax: number;
   /** Backlog: timed claims per batch size and level. */
   backlogClaims: number;
+  /** Relay backlog: the largest number of messages waiting for the relay (the levels are 100k and this). */
+  relayBacklogMax: number;
+  /**
+   * Relay backlog: the root of another checkout of pg-outbox (e.g. the previous commit) whose relay is measured in
+   * the same run, interleaved with this one's; empty for none.
+   */
+  relayBaseline: string;
 }
 
 export function readConfig(): BenchConfig {
@@ -44,5 +51,7 @@ export function readConfig(): BenchConfig {
     latenessWindowSeconds: Math.max(1, envInt('BENCH_LATENESS_WINDOW_SECONDS', 10)),
     backlogMax: envInt('BENCH_BACKLOG_MAX', 10_000_000),
     backlogClaims: Math.max(1, envInt('BENCH_BACKLOG_CLAIMS', 200)),
+    relayBacklogMax: Math.max(1, envInt('BENCH_RELAY_BACKLOG_MAX', 1_000_000)),
+    relayBaseline: process.env['BENCH_RELAY_BASELINE'] ?? '',
   };
 }

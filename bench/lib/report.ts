@@ -1,6 +1,14 @@
 import { markdownTable, type Table } from './table.js';
 
-export const SCENARIOS = ['publish', 'drain', 'fanout', 'latency', 'lateness', 'backlog'] as const;
+export const SCENARIOS = [
+  'publish',
+  'drain',
+  'fanout',
+  'latency',
+  'lateness',
+  'backlog',
+  'relay-backlog',
+] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 export interface TargetCheck {
@@ -15,6 +23,11 @@ export interface TargetCheck {
 export interface ScenarioReport {
   name: ScenarioName;
   title: string;
+  /**
+   * Set when a scenario's figures belong to one server (relay backlog: one section per PostgreSQL major version),
+   * so that a run on another server adds its own section instead of replacing this one.
+   */
+  variant?: string;
   /** How the figures were repeated, when not "N repetitions per system" (backlog: one pass). */
   repetitions?: string;
   /** What is measured for each system and with which settings; a reader needs it to trust the ratios. */

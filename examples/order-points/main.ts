@@ -33,7 +33,9 @@ console.log(
     : `Redis: not reachable at ${redisHost} (${connected.error}); notifications run WITHOUT the weak check, so duplicates get sent`,
 );
 const logger = pino({ level: process.env['LOG_LEVEL'] ?? 'warn' });
-const pool = new pg.Pool({ connectionString: server.url, max: 20 });
+// Two transactional subscriptions of concurrency 10 can hold 20 connections in their handlers' transactions; claims,
+// acks and the service's own queries need more (start() warns when the handlers could hold them all).
+const pool = new pg.Pool({ connectionString: server.url, max: 30 });
 let closing = false;
 // As pg recommends: an idle connection that drops must not crash the process. pool.end() resolves before its
 // sockets have closed, so stopping an embedded server right after it ends them too; that one is expected.

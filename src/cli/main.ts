@@ -48,12 +48,28 @@ export function buildProgram(): Command {
     .description('create or upgrade the outbox schema (idempotent, safe to run concurrently)')
     .action(() => withOutbox(program, (o) => o.migrate()));
 
+  // --ordered / --no-ordered and the like are left undefined when omitted (no default), so the stored setting stays.
   program
     .command('declare <subscription>')
-    .description('create a subscription (consumer group) or replace its topics')
+    .description(
+      'create a subscription (consumer group) or replace its topics; settings not given keep their stored value',
+    )
     .requiredOption('--topic <topic>', 'topic name or pattern; repeat for several', collect)
-    .action((name: string, opts: { topic: string[] }) =>
-      withOutbox(program, (o) => o.declareSubscription(name, { topics: opts.topic })),
+    .option('--ordered', 'handle deliveries of one key one at a time, in order (new subscriptions: off)')
+    .option('--no-ordered', 'turn per-key ordering off')
+    .option(
+      '--block-key-on-dead',
+      'ordered: a dead-lettered delivery stops its key until replayed (new: off)',
+    )
+    .option('--no-block-key-on-dead', 'ordered: let a key move on past a dead letter')
+    .action((name: string, opts: { topic: string[]; ordered?: boolean; blockKeyOnDead?: boolean }) =>
+      withOutbox(program, (o) =>
+        o.declareSubscription(name, {
+          topics: opts.topic,
+          ...(opts.ordered === undefined ? {} : { ordered: opts.ordered }),
+          ...(opts.blockKeyOnDead === undefined ? {} : { blockKeyOnDead: opts.blockKeyOnDead }),
+        }),
+      ),
     );
 
   program
@@ -79,7 +95,7 @@ export function buildProgram(): Command {
       ),
     );
 
-  program
+  const relay = program
     .command('relay')
     .description('run the relay until SIGINT or SIGTERM (one is active per schema; others stand by)')
     .action(() =>
@@ -92,6 +108,13 @@ export function buildProgram(): Command {
         await o.stop();
       }),
     );
+  relay
+    .command('reset')
+    .description(
+      "set the relay's position to now and relay every message that has no delivery yet " +
+        '(after a restore or a move to another cluster; run as the schema owner)',
+    )
+    .action(() => withOutbox(program, async (o) => print(await o.resetRelay())));
 
   return program;
 }

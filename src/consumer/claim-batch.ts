@@ -10,7 +10,6 @@ export interface ClaimRequest {
   limit: number;
   leaseMs: number;
   maxAttempts: number;
-  blockKeyOnDead: boolean;
   /** The previous claim filled its limit: there is more waiting. */
   backlog: boolean;
 }

@@ -7,33 +7,30 @@ import { errorText, failureOutcome, type RetryPolicy } from './retry-policy.js';
 const GIVE_BACK_AT = 0.9;
 
 /**
- * The lease of one claim statement: every delivery it returned shares the same end. Two timers and one
- * AbortController per batch, not per delivery. The end is estimated from the Node clock at the moment the claim
- * was sent, which is no later than the database's now() inside the claim, so the estimate errs early.
- * Shortly before the end, `onExpiring` gives back what was never started, so another consumer can take it
- * without the hand-out counting as an attempt; at the end the handlers' signal aborts.
+ * The lease of one claim statement: every delivery it returned shares the same end, and one timer per batch, not
+ * per delivery, watches it. The end is estimated from the Node clock at the moment the claim was sent, which is
+ * no later than the database's now() inside the claim, so the estimate errs early. Shortly before the end,
+ * `onExpiring` gives back what was never started, so another consumer can take it without the hand-out counting
+ * as an attempt. What a running handler may do past the end is not decided here: lease mode extends the lease
+ * (LeaseKeeper), and a transactional handler's row lock keeps the delivery its own until COMMIT.
  */
 export class Lease {
-  readonly controller = new AbortController();
   readonly expiresAt: number;
   private remaining: number;
-  private readonly timers: NodeJS.Timeout[];
+  private readonly timer: NodeJS.Timeout;
 
   constructor(count: number, leaseMs: number, sentAt: number, onExpiring: (lease: Lease) => void) {
     this.remaining = count;
     this.expiresAt = sentAt + leaseMs;
     const left = Math.max(0, this.expiresAt - Date.now());
-    this.timers = [
-      setTimeout(() => onExpiring(this), Math.max(0, left - leaseMs * (1 - GIVE_BACK_AT))),
-      setTimeout(() => this.controller.abort(new Error(`lease of ${leaseMs} ms ran out`)), left),
-    ];
-    this.timers.forEach((t) => t.unref());
+    this.timer = setTimeout(() => onExpiring(this), Math.max(0, left - leaseMs * (1 - GIVE_BACK_AT)));
+    this.timer.unref();
   }
 
   /** Called once per delivery of the batch when this consumer is done with it. */
   finish(): void {
     this.remaining -= 1;
-    if (this.remaining <= 0) this.timers.forEach((t) => clearTimeout(t));
+    if (this.remaining <= 0) clearTimeout(this.timer);
   }
 }
 
@@ -67,6 +64,10 @@ export function doneSettlement(c: Claimed): Settlement {
   return { deliveryId: c.message.deliveryId, attempt: c.attempt, outcome: 'done', delayMs: 0, error: null };
 }
 
+/**
+ * Never throws, whatever the handler threw (errorText and failureOutcome are total), and carries only values the
+ * settle statement can store: a throw here would leave the delivery unsettled until its lease ran out.
+ */
 export function failedSettlement(c: Claimed, error: unknown, policy: RetryPolicy): Settlement {
   const { outcome, delayMs } = failureOutcome(error, c.attempt, policy);
   return { deliveryId: c.message.deliveryId, attempt: c.attempt, outcome, delayMs, error: errorText(error) };

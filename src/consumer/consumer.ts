@@ -1,7 +1,7 @@
 import { setImmediate } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { pgExecutor } from '../db/executor.js';
+import { pgExecutor, type Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedSubscribeOptions } from '../options.js';
@@ -9,6 +9,7 @@ import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
 import { claimBatch } from './claim-batch.js';
 import { releaseDeliveries, settleDeliveries, settlementKey, type Settlement } from '../sql/deliveries.js';
+import type { SubscriptionSettings } from '../sql/subscriptions.js';
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
 import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
@@ -20,6 +21,8 @@ export interface ConsumerConfig {
   name: string;
   schema: SchemaName;
   pool: pg.Pool;
+  /** Where lease extensions run: a connection outside the pool, shared by the Outbox's consumers. */
+  leaseConnection: Executor;
   options: ResolvedSubscribeOptions;
   handler: Handler<LeaseContext> | Handler<TransactionalContext>;
   logger: Logger;
@@ -46,9 +49,13 @@ const MAX_TRANSACTION_CHUNK = 100;
 export class Consumer {
   readonly wakeup = new Wakeup();
   private subscriptionId = 0;
+  /** The stored setting, whatever subscribe() said (the claim reads the stored blockKeyOnDead itself). */
+  private ordered = false;
   private stopping = false;
   private loopDone: Promise<void> | null = null;
   private waitingForRoom = false;
+  /** Aborted when stop() gives up waiting: the signal of running handler transactions. */
+  private abandon = new AbortController();
   private readonly queue: Claimed[] = [];
   private readonly held = new Map<string, Claimed>();
   private readonly lanes = new Set<Promise<void>>();
@@ -62,7 +69,7 @@ export class Consumer {
   constructor(private readonly config: ConsumerConfig) {
     this.log = config.logger.child({ component: 'consumer', subscription: config.name });
     this.policy = { maxAttempts: config.options.maxAttempts, ...config.options.retry };
-    this.keeper = new LeaseKeeper(config.pool, config.schema, config.options.leaseMs, this.log);
+    this.keeper = new LeaseKeeper(config.leaseConnection, config.schema, config.options.leaseMs, this.log);
     this.settler = new SettleBuffer(
       (items) => settleDeliveries(pgExecutor(config.pool), config.schema, items),
       (items, settled) => this.report(items, settled),
@@ -70,18 +77,17 @@ export class Consumer {
     );
   }
 
-  get filter() {
-    return this.config.options.filter;
+  /** As subscribe() gave them: `ordered` and `blockKeyOnDead` undefined keep the stored settings. */
+  get options(): ResolvedSubscribeOptions {
+    return this.config.options;
   }
 
-  get ordered(): boolean {
-    return this.config.options.ordered;
-  }
-
-  start(subscriptionId: number): void {
+  start(subscription: { id: number } & SubscriptionSettings): void {
     if (this.loopDone !== null) return;
-    this.subscriptionId = subscriptionId;
+    this.subscriptionId = subscription.id;
+    this.ordered = subscription.ordered;
     this.stopping = false;
+    this.abandon = new AbortController();
     this.loopDone = this.loop();
     if (this.config.options.mode === 'lease') this.keeper.start();
   }
@@ -105,7 +111,7 @@ export class Consumer {
         { inFlight: this.held.size },
         'stop timed out; unfinished deliveries return after their lease',
       );
-      for (const c of this.held.values()) c.lease.controller.abort(new Error('consumer stopped'));
+      this.abandon.abort(new Error('consumer stopped'));
       this.keeper.abortAll(new Error('consumer stopped'));
     }
     await this.keeper.stop();
@@ -113,7 +119,7 @@ export class Consumer {
   }
 
   private async loop(): Promise<void> {
-    const { pollIntervalMs, leaseMs, maxAttempts, blockKeyOnDead } = this.config.options;
+    const { pollIntervalMs, leaseMs, maxAttempts } = this.config.options;
     const exec = pgExecutor(this.config.pool);
     let failures = 0;
     let backlog = false;
@@ -133,7 +139,6 @@ export class Consumer {
           limit,
           leaseMs,
           maxAttempts,
-          blockKeyOnDead,
           backlog,
         };
         const claimed = await claimBatch(exec, this.config.schema, request, (rows, sentAt) =>
@@ -143,7 +148,7 @@ export class Consumer {
         backlog = claimed === limit;
         if (backlog) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
-        const busyMs = this.config.options.ordered ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
+        const busyMs = this.ordered ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
         await this.wakeup.wait(Math.min(Math.max(nextDueMs ?? pollIntervalMs, busyMs), pollIntervalMs));
       } catch (error) {
         failures += 1;
@@ -254,6 +259,7 @@ export class Consumer {
           policy: this.policy,
           log: this.log,
           isStopping: () => this.stopping,
+          abandoned: this.abandon.signal,
         },
         chunk,
       );
@@ -295,6 +301,6 @@ export class Consumer {
     }
     // A retry changes the next due time, which the claim loop may have read just before this write; in an ordered
     // subscription any settled head lets the next delivery of its key become claimable.
-    if (retried || (this.config.options.ordered && settled.size > 0)) this.wakeup.nudge();
+    if (retried || (this.ordered && settled.size > 0)) this.wakeup.nudge();
   }
 }

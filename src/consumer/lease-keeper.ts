@@ -1,6 +1,5 @@
-import type pg from 'pg';
 import type { Logger } from 'pino';
-import { pgExecutor } from '../db/executor.js';
+import type { Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { extendLeases } from '../sql/deliveries.js';
@@ -21,6 +20,8 @@ interface Running {
  * for all running handlers. A live consumer therefore never loses a delivery to another consumer, however long
  * its handler takes; only a dead or stalled process does. When an extension finds the delivery claimed again, or
  * the lease runs out because extensions kept failing, the handler's ctx.signal is aborted.
+ * The extensions run on `exec`, the Outbox's side connection, not on the pool: transactional handlers may hold
+ * every pool connection for as long as they run, and a heartbeat queued behind them would let the lease expire.
  */
 export class LeaseKeeper {
   private readonly running = new Map<Claimed, Running>();
@@ -29,7 +30,7 @@ export class LeaseKeeper {
   private stopping = false;
 
   constructor(
-    private readonly pool: pg.Pool,
+    private readonly exec: Executor,
     private readonly schema: SchemaName,
     private readonly leaseMs: number,
     private readonly log: Logger,
@@ -81,12 +82,7 @@ export class LeaseKeeper {
       const items = [...this.running.keys()];
       const sentAt = Date.now();
       try {
-        const extended = await extendLeases(
-          pgExecutor(this.pool),
-          this.schema,
-          items.map(fenceOf),
-          this.leaseMs,
-        );
+        const extended = await extendLeases(this.exec, this.schema, items.map(fenceOf), this.leaseMs);
         failures = 0;
         for (const c of items) {
           const r = this.running.get(c);

@@ -24,6 +24,8 @@ export interface LaneConfig {
   policy: RetryPolicy;
   log: Logger;
   isStopping: () => boolean;
+  /** Aborted when stop() gives up waiting for running handlers (shutdownTimeoutMs). */
+  abandoned: AbortSignal;
 }
 
 export interface LaneResult {
@@ -53,6 +55,10 @@ class HandlerFailed extends Error {
  * A chunk holds the row locks of all its handlers until COMMIT, so two chunks that write the same rows (or
  * ctx.once keys) in opposite order can deadlock, or hit a serialization failure. Nothing is wrong with the
  * deliveries then: the chunk is rolled back and each delivery runs again alone, on the same attempt.
+ *
+ * ctx.signal is not tied to the claim's lease: once the transaction holds the row locks, no other consumer can
+ * claim the deliveries (claims skip locked rows), however long the handlers take. It aborts only when the work is
+ * lost: the transaction's connection fails, or stop() gives up waiting.
  */
 export async function runTransactionalLane(config: LaneConfig, chunk: Claimed[]): Promise<LaneResult> {
   try {
@@ -94,9 +100,29 @@ async function runInTransaction(
   chunk: Claimed[],
   failures: Settlement[] = [],
 ): Promise<LaneResult> {
-  const { pool, schema } = config;
-  const onConnectionError = (error: Error) =>
+  const lost = new AbortController();
+  const onConnectionError = (error: Error) => {
     config.log.warn({ err: error }, 'handler transaction connection error');
+    lost.abort(new Error('the handler transaction lost its connection', { cause: error }));
+  };
+  const onAbandoned = () => lost.abort(config.abandoned.reason);
+  if (config.abandoned.aborted) onAbandoned();
+  else config.abandoned.addEventListener('abort', onAbandoned, { once: true });
+  try {
+    return await runOnConnection(config, chunk, failures, lost.signal, onConnectionError);
+  } finally {
+    config.abandoned.removeEventListener('abort', onAbandoned);
+  }
+}
+
+function runOnConnection(
+  config: LaneConfig,
+  chunk: Claimed[],
+  failures: Settlement[],
+  signal: AbortSignal,
+  onConnectionError: (error: Error) => void,
+): Promise<LaneResult> {
+  const { pool, schema } = config;
   return inPoolTransaction(
     pool,
     async (client) => {
@@ -112,7 +138,7 @@ async function runInTransaction(
           continue;
         }
         try {
-          await config.handler(c.message, context(config, client, c));
+          await config.handler(c.message, context(config, client, c, signal));
         } catch (error) {
           throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
         }
@@ -127,10 +153,15 @@ async function runInTransaction(
   );
 }
 
-function context(config: LaneConfig, client: pg.PoolClient, c: Claimed): TransactionalContext {
+function context(
+  config: LaneConfig,
+  client: pg.PoolClient,
+  c: Claimed,
+  signal: AbortSignal,
+): TransactionalContext {
   return {
     tx: client,
-    signal: c.lease.controller.signal,
+    signal,
     async once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>> {
       if (key !== undefined) assertKeyPart('ctx.once key', key);
       const fresh = await insertProcessedKey(

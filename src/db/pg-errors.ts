@@ -29,3 +29,14 @@ export function isTransactionConflict(error: unknown): boolean {
 export function isUniqueViolation(error: unknown): boolean {
   return sqlState(error) === '23505';
 }
+
+/**
+ * Class 22 (data exception: a value the column or cast refuses, such as NUL in text, "1.5" as bigint, an interval
+ * out of range) and class 23 (integrity constraint violation): the statement failed because of the data it carries,
+ * so running it again with the same data fails again, while the same statement without the offending row may
+ * succeed. Connection, availability and resource errors (classes 08, 53, 57, 58, no SQLSTATE at all) are not.
+ */
+export function isDataError(error: unknown): boolean {
+  const state = sqlState(error);
+  return state !== undefined && /^2[23][0-9A-Z]{3}$/.test(state);
+}

@@ -52,6 +52,14 @@ function toJson(
   return json;
 }
 
+/**
+ * What an error carries in place of a value that may be anything (a payload passed in the wrong place, an object
+ * holding tokens): its type, never its contents.
+ */
+function typeOf(value: unknown): { type: string } {
+  return { type: value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value };
+}
+
 function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY' | 'OUTBOX_INVALID_OPTION') {
   if (value === undefined || value === null) return null;
   if (
@@ -63,9 +71,7 @@ function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY'
     throw new OutboxError(
       code,
       `${name} must be a non-empty string of at most ${MAX_KEY_LENGTH} characters, without NUL characters or lone UTF-16 surrogates`,
-      {
-        value,
-      },
+      { value: typeof value === 'string' ? value : typeOf(value) },
     );
   }
   return value;
@@ -74,16 +80,25 @@ function optionalString(value: unknown, name: string, code: 'OUTBOX_INVALID_KEY'
 /** The headers JSON of a message published without headers (the column's default). */
 export const EMPTY_HEADERS = '{}';
 
+/** Header values often hold tokens: an error names the header and the type that is wrong, never a value. */
 function headersJson(headers: unknown): string {
   if (headers === undefined || headers === null) return EMPTY_HEADERS;
-  const valid =
-    typeof headers === 'object' &&
-    !Array.isArray(headers) &&
-    Object.values(headers).every((v) => typeof v === 'string');
-  if (!valid) {
-    throw new OutboxError('OUTBOX_INVALID_HEADERS', 'headers must be an object whose values are strings', {
-      value: headers,
-    });
+  if (typeof headers !== 'object' || Array.isArray(headers)) {
+    const value = typeOf(headers);
+    throw new OutboxError(
+      'OUTBOX_INVALID_HEADERS',
+      `headers must be an object whose values are strings, got ${value.type}`,
+      { value },
+    );
+  }
+  const wrong = Object.entries(headers).find(([, v]) => typeof v !== 'string');
+  if (wrong !== undefined) {
+    const value = { header: wrong[0], ...typeOf(wrong[1]) };
+    throw new OutboxError(
+      'OUTBOX_INVALID_HEADERS',
+      `headers must be an object whose values are strings; header ${JSON.stringify(value.header)} is ${value.type}`,
+      { value },
+    );
   }
   return toJson(headers, 'headers', 'OUTBOX_INVALID_HEADERS');
 }
@@ -96,11 +111,13 @@ function due(options: PublishOptions): { deliverAt: Date | null; delayMs: number
   const time = deliverAt instanceof Date ? deliverAt.getTime() : NaN;
   if (deliverAt !== undefined && !(time >= MIN_DELIVER_AT && time <= MAX_DELIVER_AT)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'deliverAt must be a valid Date from the year 1 to 9999', {
-      value: deliverAt,
+      value: deliverAt instanceof Date ? deliverAt : typeOf(deliverAt),
     });
   }
   if (delayMs !== undefined && !(Number.isSafeInteger(delayMs) && delayMs >= 0)) {
-    throw new OutboxError('OUTBOX_INVALID_OPTION', 'delayMs must be an integer >= 0', { value: delayMs });
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'delayMs must be an integer >= 0', {
+      value: typeof delayMs === 'number' ? delayMs : typeOf(delayMs),
+    });
   }
   return { deliverAt: deliverAt ?? null, delayMs: delayMs ?? null };
 }
@@ -115,7 +132,9 @@ export function messageRow(
   assertTopic(topic);
   const opts = options ?? {};
   if (typeof opts !== 'object') {
-    throw new OutboxError('OUTBOX_INVALID_OPTION', 'publish options must be an object', { value: opts });
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'publish options must be an object', {
+      value: typeOf(opts),
+    });
   }
   for (const name of Object.keys(opts)) {
     if (!PUBLISH_OPTIONS.has(name)) {

@@ -6,8 +6,15 @@ import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedOptions } from '../options.js';
 import { limitRelaySession, releaseRelayLock, tryRelayLock } from '../sql/locks.js';
-import { BEGIN_RELAY_BATCH, readRelayWindow, relayBatch, type RelayWindow } from '../sql/relay.js';
-import { runCleanup } from '../maintenance.js';
+import {
+  BEGIN_RELAY_BATCH,
+  readRelayWindow,
+  relayBatch,
+  type ForeignPosition,
+  type RelayWindow,
+} from '../sql/relay.js';
+import { OutboxError } from '../errors.js';
+import { createMaintenanceLoop } from '../runtime/maintenance-loop.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { isUniqueViolation } from '../db/pg-errors.js';
 
@@ -53,12 +60,28 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
     void lost.end().catch(() => undefined);
   };
 
+  /** The database moved to another cluster: relaying on would skip every new message, so refuse until a reset. */
+  function foreignPositionError(foreign: ForeignPosition, schema: SchemaName): OutboxError {
+    const error = new OutboxError(
+      'OUTBOX_RELAY_CLUSTER_CHANGED',
+      `The relay position of schema "${schema.name}" was made in another PostgreSQL cluster ` +
+        `(${foreign.xidBehind ? "this server's transaction ids are below it" : 'the system identifier changed'}): ` +
+        'the database was restored from a dump, moved by logical replication or upgraded with pg_upgrade. ' +
+        'No message is lost, but none is relayed until the position is reset: run `pg-outbox relay reset` ' +
+        '(or outbox.resetRelay()), which relays every message that has no delivery yet.',
+      { value: schema.name },
+    );
+    log.error({ ...foreign, code: error.code }, error.message);
+    return error;
+  }
+
   async function runBatch(conn: pg.Client, schema: SchemaName): Promise<number> {
     const exec = pgExecutor(conn);
     await conn.query(BEGIN_RELAY_BATCH);
     let relayWindow: RelayWindow | null = null;
     try {
       relayWindow = await readRelayWindow(exec, schema);
+      if (relayWindow.foreign !== null) throw foreignPositionError(relayWindow.foreign, schema);
       const result = await relayBatch(exec, schema, relayWindow, batchSize);
       if (!result.stateWritten) {
         await conn.query('ROLLBACK');
@@ -108,13 +131,8 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
     return runBatch(conn, config.schema);
   }
 
-  let lastCleanup = Date.now();
-  async function maybeCleanup(conn: pg.Client): Promise<void> {
-    if (!leader || Date.now() - lastCleanup < config.relay.maintenanceIntervalMs) return;
-    lastCleanup = Date.now();
-    const result = await runCleanup(pgExecutor(conn), config.schema, config.processedRetentionMs);
-    if (result.processedKeysDeleted > 0) log.info(result, 'cleanup');
-  }
+  // The cleanup runs beside this loop on pool connections, and only while this relay leads.
+  const maintenance = createMaintenanceLoop(config, events, () => leader);
 
   let lastActive = 0;
   const idleWaitMs = () =>
@@ -125,7 +143,6 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
     while (!stopping) {
       try {
         const relayed = await step();
-        if (client !== null) await maybeCleanup(client);
         failures = 0;
         if (relayed > 0) lastActive = Date.now();
         if (relayed === -1) await wakeup.wait(standbyPollMs);
@@ -145,12 +162,14 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
       if (running !== null) return;
       stopping = false;
       running = loop();
+      maintenance.start();
     },
     async stop() {
       if (running === null) return;
       stopping = true;
       wakeup.nudge();
-      await running;
+      // The maintenance ends before the lock is released: it works only while this process leads.
+      await Promise.all([running, maintenance.stop()]);
       running = null;
       const conn = client;
       if (conn !== null && leader)

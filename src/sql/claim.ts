@@ -26,78 +26,127 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
  * at LIMIT, so the cost does not grow with rows that are not due (delayed, retrying, leased).
  * Lock: FOR UPDATE SKIP LOCKED on the chosen rows. Competing consumers take disjoint rows without waiting; a row
  * another claimer holds is skipped, never handed out twice, and its lease change commits before it is visible.
+ * The lock returns each row's newest version, so the outcome below is decided on the row as it is now, not as the
+ * statement's snapshot saw it (a release or a retry may have committed in between).
  * Lease: available_at moves to the lease end, so a leased row leaves the due range until the lease expires and
  * is then claimed again. attempt + 1 is the fencing token every ack must present.
- * A row whose previous lease expired at maxAttempts is dead-lettered here instead of handed out, so a handler
- * that crashes its process every time still ends; a row whose message was cancelled is marked cancelled, and
- * one whose message was deleted from messages is dead-lettered rather than left blocking the head of the queue.
- * Ordered subscriptions: a row is claimable only while no earlier delivery of its key is unfinished, checked per
- * candidate through deliveries_ordered_key_idx. That earlier row stays 'pending' while leased or retrying, and a
- * claimer that holds it locked has not changed its state, so a concurrent claim still sees it and skips the
- * successor: two deliveries of one key are never leased at once, and a key's rows are leased in relay order.
+ * Rows that are not handed out leave deliveries, which holds only pending work: a row whose message was cancelled
+ * moves to completed_deliveries (outcome 'cancelled'); one whose previous lease expired at maxAttempts (a handler
+ * that crashes its process every time still ends) or whose message was deleted from messages (it would block the
+ * head of the queue) moves to dead_deliveries under its delivery id. Each move is a DELETE and an INSERT in this
+ * statement, so every snapshot sees the row in exactly one of the tables.
+ * Ordered subscriptions: a row is claimable only while no earlier delivery of its key is in deliveries (pending,
+ * which includes leased and retrying), probed per candidate through deliveries_ordered_key_idx, and, when the
+ * subscription's block_key_on_dead is set, none lies dead (dead_deliveries_ordered_key_idx). That earlier row
+ * stays in deliveries while leased or retrying, and a claimer that holds it locked has not moved it yet, so a
+ * concurrent claim still sees it and skips the successor: two deliveries of one key are never leased at once, and
+ * a key's rows are leased in id order, which is relay order.
  */
 export async function claimDeliveries(
   exec: Executor,
   s: SchemaName,
-  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; blockKeyOnDead: boolean },
+  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number },
 ): Promise<ClaimedRow[]> {
   return exec.query<ClaimedRow>(
     `WITH due AS (
-       SELECT q.id
+       SELECT q.id, q.message_id, q.attempt
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
          AND q.available_at <= now()
-         -- Ordered subscriptions: only the head of each key, i.e. no earlier delivery of the key is unfinished
-         -- (pending, which includes leased and retrying, or dead when the key blocks on dead letters).
-         AND (q.ordered_key IS NULL OR NOT EXISTS (
-           SELECT 1
-           FROM ${s.quoted}.deliveries e
-           WHERE e.subscription_id = q.subscription_id
-             AND e.ordered_key = q.ordered_key
-             AND e.id < q.id
-             AND (e.state = 'pending' OR (e.state = 'dead' AND $7::boolean))
+         -- Ordered subscriptions: only the head of each key. deliveries holds only pending rows, so any earlier
+         -- row of the key is unfinished. The inequality on id keeps each probe a correlated index probe (an
+         -- EXISTS with only equalities may be turned into a hashed subplan over the whole table).
+         AND (q.ordered_key IS NULL OR (
+           NOT EXISTS (
+             SELECT 1
+             FROM ${s.quoted}.deliveries e
+             WHERE e.subscription_id = q.subscription_id
+               AND e.ordered_key = q.ordered_key
+               AND e.id < q.id
+           )
+           AND NOT EXISTS (
+             SELECT 1
+             FROM ${s.quoted}.dead_deliveries x
+             -- Read once per statement (an uncorrelated sub-select): when false the probe is never run.
+             WHERE (SELECT sub.block_key_on_dead FROM ${s.quoted}.subscriptions sub WHERE sub.id = $1::int)
+               AND x.subscription_id = q.subscription_id
+               AND x.ordered_key = q.ordered_key
+               AND x.id < q.id
+           )
          ))
        ORDER BY q.available_at, q.id
        LIMIT $2::int
        FOR UPDATE SKIP LOCKED
      ),
-     claimed AS (
-       -- The outcome of each row is decided in a correlated sub-select (primary-key probes of cancellations and
-       -- messages; OFFSET 0 keeps each probe from being copied into every column), so the UPDATE joins nothing:
-       -- it reaches its rows by primary key through the claimed ids (an array whose length the planner cannot
-       -- see, so it never prefers a scan of the whole table, which a join here got once the table held ~50,000
-       -- rows, nor a per-row rescan of the id list, which it got with stale statistics).
+     -- The outcome of each locked row, from primary-key probes (LATERAL ... LIMIT 1) of cancellations and
+     -- messages, never a hash of either whole table. Materialized: each write below reads it.
+     verdict AS MATERIALIZED (
+       SELECT due.id,
+              CASE WHEN c.cancelled THEN 'cancelled'
+                   WHEN m.present IS NULL OR due.attempt >= $4::int THEN 'dead'
+                   ELSE 'pending'
+              END AS outcome,
+              m.present IS NULL AS missing
+       FROM due
+       LEFT JOIN LATERAL (
+         SELECT true AS cancelled
+         FROM ${s.quoted}.cancellations cc
+         WHERE cc.message_id = due.message_id
+         LIMIT 1
+       ) c ON true
+       LEFT JOIN LATERAL (
+         SELECT true AS present
+         FROM ${s.quoted}.messages mm
+         WHERE mm.id = due.message_id
+         LIMIT 1
+       ) m ON true
+     ),
+     -- Each write reaches its rows by primary key through an id array whose length the planner cannot see, so it
+     -- never prefers a scan of the whole table (which a join here got once the table held ~50,000 rows), nor a
+     -- per-row rescan of the id list (which it got with stale statistics). The rows are ours (locked above), so
+     -- every write finds all of its rows.
+     leased AS (
        UPDATE ${s.quoted}.deliveries d
-       SET (state, attempt, available_at, leased_until, last_error, completed_at) = (
-         SELECT v.next_state,
-                CASE WHEN v.next_state = 'pending' THEN d.attempt + 1 ELSE d.attempt END,
-                CASE WHEN v.next_state = 'pending'
-                     THEN now() + $3::int * interval '1 millisecond' ELSE d.available_at END,
-                CASE WHEN v.next_state = 'pending' THEN now() + $3::int * interval '1 millisecond' END,
-                CASE WHEN v.next_state = 'cancelled' THEN d.last_error
-                     WHEN NOT v.has_message THEN $6::text
-                     WHEN d.leased_until IS NOT NULL THEN $5::text
-                     ELSE d.last_error
-                END,
-                CASE WHEN v.next_state = 'pending' THEN NULL ELSE now() END
-         FROM (
-           SELECT CASE
-                    WHEN x.cancelled THEN 'cancelled'
-                    WHEN d.attempt >= $4::int OR NOT x.has_message THEN 'dead'
-                    ELSE 'pending'
-                  END AS next_state,
-                  x.has_message
-           FROM (
-             SELECT EXISTS (SELECT 1 FROM ${s.quoted}.cancellations c WHERE c.message_id = d.message_id) AS cancelled,
-                    EXISTS (SELECT 1 FROM ${s.quoted}.messages m WHERE m.id = d.message_id) AS has_message
-             OFFSET 0
-           ) x
-           OFFSET 0
-         ) v
-       )
-       WHERE d.id = ANY (ARRAY(SELECT id FROM due))
-       RETURNING d.id, d.message_id, d.state, d.attempt, d.last_error
+       SET attempt = d.attempt + 1,
+           available_at = now() + $3::int * interval '1 millisecond',
+           leased_until = now() + $3::int * interval '1 millisecond',
+           last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END
+       WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'pending'))
+       RETURNING d.id, d.message_id, 'pending'::text AS state, d.attempt, d.last_error
+     ),
+     died AS (
+       DELETE FROM ${s.quoted}.deliveries d
+       WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'dead'))
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.created_at,
+                 CASE WHEN d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.missing)) THEN $6::text
+                      WHEN d.leased_until IS NOT NULL THEN $5::text
+                      ELSE d.last_error
+                 END AS last_error
+     ),
+     dead AS (
+       INSERT INTO ${s.quoted}.dead_deliveries
+         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at)
+       SELECT id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at
+       FROM died
+     ),
+     dropped AS (
+       DELETE FROM ${s.quoted}.deliveries d
+       WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'cancelled'))
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at
+     ),
+     cancelled AS (
+       INSERT INTO ${s.quoted}.completed_deliveries
+         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
+       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled'
+       FROM dropped
+     ),
+     claimed AS (
+       SELECT id, message_id, state, attempt, last_error FROM leased
+       UNION ALL
+       SELECT id, message_id, 'dead', attempt, last_error FROM died
+       UNION ALL
+       SELECT id, message_id, 'cancelled', attempt, last_error FROM dropped
      )
      -- The payload of each claimed row: a primary-key probe per row (LATERAL ... LIMIT 1), never a hash of the
      -- whole messages table.
@@ -110,15 +159,7 @@ export async function claimDeliveries(
        WHERE mm.id = c.message_id
        LIMIT 1
      ) m ON true`,
-    [
-      p.subscriptionId,
-      p.limit,
-      p.leaseMs,
-      p.maxAttempts,
-      LEASE_EXPIRED_ERROR,
-      MESSAGE_MISSING_ERROR,
-      p.blockKeyOnDead,
-    ],
+    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR, MESSAGE_MISSING_ERROR],
   );
 }
 

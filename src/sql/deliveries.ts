@@ -8,6 +8,8 @@ import type { SchemaName } from '../db/identifiers.js';
  * was analyzed while nearly empty, the usual state of a work table) the planner probes that index with id, its
  * third column, once per row: a full index scan per row, 330 ms for a 1,000-row ack over 50,000 pending rows
  * instead of 2 ms by primary key. Measured in the benchmark's end-to-end drain, where acks fell to 6,000 msg/s.
+ * Since dead and cancelled rows move out of deliveries the check holds for every row; it stays in this form so that
+ * each statement still says it touches pending work only, without inviting that plan.
  */
 
 export type Outcome = 'done' | 'retry' | 'dead';
@@ -28,8 +30,9 @@ export function settlementKey(item: { deliveryId: string; attempt: number }): st
 
 /**
  * Records handler outcomes in one statement. An ack moves the row from deliveries to the append-only
- * completed_deliveries (a DELETE and an INSERT: no new index entries in the hot table, which keeps only unfinished
- * work); a failure schedules the retry at now() + delay, or dead-letters the row.
+ * completed_deliveries and a dead letter moves it to dead_deliveries under its delivery id (a DELETE and an
+ * INSERT: no new index entries in the hot table, which keeps only pending work); a retry stays an UPDATE that
+ * schedules the next attempt at now() + delay.
  * Fencing: only rows still on the attempt this consumer claimed change. A delivery whose lease expired and that
  * another consumer claimed again has a higher attempt, so a late ack or failure from the first consumer is a
  * no-op. The row lock each DELETE/UPDATE takes waits for a concurrent claim of the same row to commit and then
@@ -55,10 +58,11 @@ interface Missed {
 }
 
 /*
- * ACKED and LOGGED: the DELETE of acked rows and their audit rows, shared by both settle statements. The
- * statement around them defines f(id, attempt, ...) and passes the ids as $1.
+ * FINISHED and LOGGED: the DELETE of acked (and, in settleMixed, dead) rows and the audit rows of the acked ones,
+ * shared by both settle statements. The statement around them defines f(id, attempt, ...) and passes the ids as
+ * $1; `returning` adds columns of f to what the DELETE returns.
  */
-const ACKED = (s: SchemaName, condition: string) =>
+const FINISHED = (s: SchemaName, condition: string, returning = '') =>
   `DELETE FROM ${s.quoted}.deliveries d
    USING f
    WHERE d.id = ANY ($1::bigint[])
@@ -66,19 +70,22 @@ const ACKED = (s: SchemaName, condition: string) =>
      AND d.attempt = f.attempt
      AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
      AND ${condition}
-   RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at`;
-const LOGGED = (s: SchemaName) =>
-  `INSERT INTO ${s.quoted}.completed_deliveries (id, subscription_id, message_id, key, attempt, last_error, created_at)
-   SELECT id, subscription_id, message_id, key, attempt, last_error, created_at
-   FROM acked`;
+   RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.last_error,
+             d.created_at${returning}`;
+const LOGGED = (s: SchemaName, condition: string) =>
+  `INSERT INTO ${s.quoted}.completed_deliveries
+     (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
+   SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'done'
+   FROM finished
+   WHERE ${condition}`;
 
 async function ackOnly(exec: Executor, s: SchemaName, items: Settlement[]): Promise<Missed[]> {
   return exec.query<Missed>(
     `WITH f AS (SELECT * FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)),
-     acked AS (${ACKED(s, 'true')}),
-     logged AS (${LOGGED(s)})
+     finished AS (${FINISHED(s, 'true')}),
+     logged AS (${LOGGED(s, 'true')})
      SELECT f.id, f.attempt FROM f
-     WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)`,
+     WHERE NOT EXISTS (SELECT 1 FROM finished a WHERE a.id = f.id AND a.attempt = f.attempt)`,
     [items.map((i) => i.deliveryId), items.map((i) => i.attempt)],
   );
 }
@@ -90,27 +97,31 @@ async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): 
        FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[])
          AS f(id, attempt, outcome, delay_ms, error)
      ),
-     acked AS (${ACKED(s, "f.outcome = 'done'")}),
-     logged AS (${LOGGED(s)}),
-     failed AS (
+     finished AS (${FINISHED(s, "f.outcome IN ('done', 'dead')", ', f.outcome, f.error')}),
+     logged AS (${LOGGED(s, "outcome = 'done'")}),
+     dead AS (
+       INSERT INTO ${s.quoted}.dead_deliveries
+         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at)
+       SELECT id, subscription_id, message_id, key, ordered_key, attempt, error, created_at
+       FROM finished
+       WHERE outcome = 'dead'
+     ),
+     retried AS (
        UPDATE ${s.quoted}.deliveries d
-       SET state = CASE f.outcome WHEN 'dead' THEN 'dead' ELSE 'pending' END,
-           available_at = CASE WHEN f.outcome = 'retry'
-                               THEN now() + f.delay_ms * interval '1 millisecond' ELSE d.available_at END,
+       SET available_at = now() + f.delay_ms * interval '1 millisecond',
            leased_until = NULL,
-           last_error = f.error,
-           completed_at = CASE WHEN f.outcome = 'dead' THEN now() END
+           last_error = f.error
        FROM f
        WHERE d.id = ANY ($1::bigint[])
          AND d.id = f.id
          AND d.attempt = f.attempt
          AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
-         AND f.outcome <> 'done'
+         AND f.outcome = 'retry'
        RETURNING d.id, d.attempt
      )
      SELECT f.id, f.attempt FROM f
-     WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.id = f.id AND a.attempt = f.attempt)
-       AND NOT EXISTS (SELECT 1 FROM failed x WHERE x.id = f.id AND x.attempt = f.attempt)`,
+     WHERE NOT EXISTS (SELECT 1 FROM finished a WHERE a.id = f.id AND a.attempt = f.attempt)
+       AND NOT EXISTS (SELECT 1 FROM retried x WHERE x.id = f.id AND x.attempt = f.attempt)`,
     [
       items.map((i) => i.deliveryId),
       items.map((i) => i.attempt),
@@ -171,19 +182,31 @@ export async function lockClaimedDeliveries(
   return new Set(rows.map((r) => r.id));
 }
 
-/** Marks a message's pending deliveries cancelled, except those a consumer holds under a live lease. */
+/**
+ * Cancels a message's pending deliveries, except those a consumer holds under a live lease: they move to
+ * completed_deliveries with outcome 'cancelled' (a held one is dropped by its next claim, which sees the
+ * cancellation). Reached through deliveries_message_idx (message_id, subscription_id). The DELETE's row lock waits
+ * for a concurrent claim of the row to commit and then re-checks the lease, so a row just leased stays.
+ */
 export async function cancelDeliveries(exec: Executor, s: SchemaName, messageId: string): Promise<number> {
-  const rows = await exec.query<{ id: string }>(
-    `UPDATE ${s.quoted}.deliveries
-     SET state = 'cancelled',
-         completed_at = now()
-     WHERE message_id = $1::bigint
-       AND state = 'pending'
-       AND (leased_until IS NULL OR leased_until <= now())
-     RETURNING id`,
+  const rows = await exec.query<{ n: string }>(
+    `WITH dropped AS (
+       DELETE FROM ${s.quoted}.deliveries d
+       WHERE d.message_id = $1::bigint
+         AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
+         AND (d.leased_until IS NULL OR d.leased_until <= now())
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at
+     ),
+     cancelled AS (
+       INSERT INTO ${s.quoted}.completed_deliveries
+         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
+       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled'
+       FROM dropped
+     )
+     SELECT count(*)::text AS n FROM dropped`,
     [messageId],
   );
-  return rows.length;
+  return Number(rows[0]?.n ?? 0);
 }
 
 /**

@@ -33,7 +33,8 @@ export async function insertMessage(exec: Executor, s: SchemaName, row: MessageR
   if (row.headers !== EMPTY_HEADERS) add('headers', (p) => `${p}::jsonb`, row.headers);
   if (row.deliverAt !== null) add('deliver_at', (p) => `${p}::timestamptz`, row.deliverAt);
   if (row.delayMs !== null) {
-    add('deliver_at', (p) => `now() + ${p}::bigint * interval '1 millisecond'`, row.delayMs);
+    // From the publish call, not from now(), the start of the caller's transaction, which may be long before.
+    add('deliver_at', (p) => `clock_timestamp() + ${p}::bigint * interval '1 millisecond'`, row.delayMs);
   }
   if (row.dedupKey !== null) add('dedup_key', (p) => `${p}::text`, row.dedupKey);
   const rows = await exec.query<{ id: string }>(
@@ -144,14 +145,15 @@ async function insertChunk(exec: Executor, s: SchemaName, rows: MessageRow[]): P
       rows.map((r) => r.dedupKey),
     );
 
-  // Every source is a column of the same name, except delay_ms: the due time is deliverAt, or now() + delayMs by
-  // the database's clock.
+  // Every source is a column of the same name, except delay_ms: the due time is deliverAt, or delayMs after the
+  // publishMany call by the database's clock (clock_timestamp(): now() is the start of the caller's transaction).
   for (const name of names) {
     if (name === 'delay_ms') continue;
     columns.push(name);
     values.push(
       name === 'deliver_at'
-        ? `CASE WHEN u.delay_ms IS NULL THEN u.deliver_at ELSE now() + u.delay_ms * interval '1 millisecond' END`
+        ? `CASE WHEN u.delay_ms IS NULL THEN u.deliver_at
+                ELSE clock_timestamp() + u.delay_ms * interval '1 millisecond' END`
         : `u.${name}`,
     );
   }

@@ -26,9 +26,11 @@ export async function insertProcessedKey(
 
 /**
  * Deletes up to `limit` idempotency keys recorded more than `retentionMs` ago, oldest first, through
- * processed_recorded_at_idx. SKIP LOCKED leaves keys that a running transaction is checking alone (they are
- * retried on the next pass), and the batch bound keeps each statement's locks and WAL small. Returns how many
- * were deleted; the caller repeats while a full batch came back.
+ * processed_recorded_at_idx. SKIP LOCKED leaves keys that a running transaction holds alone (they go in a later
+ * batch), so the cleanup never waits on a row lock and cannot deadlock with a once(). The rows are deleted by
+ * ctid (a Tid Scan): the subquery has locked them, so no other transaction can move or delete them before this
+ * statement does, and a batch costs O(limit). Joining back on (scope, key) instead made the planner hash the whole
+ * table for every batch. Returns how many were deleted; the caller repeats while a full batch came back.
  */
 export async function deleteExpiredProcessedKeys(
   exec: Executor,
@@ -36,19 +38,16 @@ export async function deleteExpiredProcessedKeys(
   p: { retentionMs: number; limit: number },
 ): Promise<number> {
   const rows = await exec.query<{ n: string }>(
-    `WITH expired AS (
-       SELECT scope, key
-       FROM ${s.quoted}.processed
-       WHERE recorded_at < now() - $1::bigint * interval '1 millisecond'
-       ORDER BY recorded_at
-       LIMIT $2::int
-       FOR UPDATE SKIP LOCKED
-     ),
-     deleted AS (
-       DELETE FROM ${s.quoted}.processed p
-       USING expired
-       WHERE p.scope = expired.scope
-         AND p.key = expired.key
+    `WITH deleted AS (
+       DELETE FROM ${s.quoted}.processed
+       WHERE ctid = ANY (ARRAY(
+         SELECT ctid
+         FROM ${s.quoted}.processed
+         WHERE recorded_at < now() - $1::bigint * interval '1 millisecond'
+         ORDER BY recorded_at
+         LIMIT $2::int
+         FOR UPDATE SKIP LOCKED
+       ))
        RETURNING 1
      )
      SELECT count(*)::text AS n FROM deleted`,

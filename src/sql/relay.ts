@@ -1,19 +1,36 @@
 import type { Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
+import { shareDeliveryIdsLock } from './locks.js';
 
-/** The relay's position: see relay/relay.ts for how the window (done, target] is chosen. */
+/** The relay's position: see relay/relay.ts for how the window (done, target] is chosen and walked. */
 export interface RelayWindow {
   /** xids of transactions that were running at done_snapshot: their rows may have committed since. */
   doneXip: string[];
-  /** done_snapshot's xmax: transactions from here on started after it. */
-  doneXmax: string;
+  /** done_snapshot as text. */
+  done: string;
+  /** Every message of a transaction that started after done has a higher id. */
+  doneMaxId: string;
   /** The snapshot that bounds this window, as text. */
   target: string;
-  positionTx: string;
-  positionId: string;
+  /** The highest message id visible in target; null for a window opened by an earlier version (no bound). */
+  targetMaxId: string | null;
+  /** The last id relayed inside this window (0 at its start). */
+  afterId: string;
+  /** The (tx_id, id) position of a window opened by an earlier version, which walked windows in that order. */
+  legacyPosition: { tx: string; id: string } | null;
   version: string;
   /** True when a previous batch was full and left this window open in relay_state. */
   windowOpen: boolean;
+  /** Why this position cannot be used on this server (the database moved to another cluster), or null. */
+  foreign: ForeignPosition | null;
+}
+
+/** A relay position made in another cluster: its snapshots and xids mean nothing here. */
+export interface ForeignPosition {
+  storedSystemIdentifier: string | null;
+  systemIdentifier: string;
+  /** The server's next transaction id is below the stored window's: every new message would count as relayed. */
+  xidBehind: boolean;
 }
 
 /**
@@ -28,25 +45,78 @@ export interface RelayWindow {
  */
 export const BEGIN_RELAY_BATCH = 'BEGIN; SET LOCAL synchronous_commit TO off; SET LOCAL jit TO off';
 
+interface RelayStateRow {
+  doneXip: string[];
+  done: string;
+  doneMaxId: string;
+  target: string;
+  targetMaxId: string | null;
+  afterId: string;
+  legacyTx: string | null;
+  legacyId: string | null;
+  version: string;
+  windowOpen: boolean;
+  storedSystemIdentifier: string | null;
+  systemIdentifier: string;
+  xidBehind: boolean;
+}
+
 /**
- * Reads the relay position and, when no window is open, takes pg_current_snapshot() as the new upper end.
- * Plain read, no row lock: idle polls write nothing; relayBatch's version check catches a concurrent writer.
+ * Reads the relay position and, when no window is open, takes pg_current_snapshot() as the new upper end with the
+ * highest message id visible in it (the same statement, so the same snapshot: every message visible in target has
+ * an id at most this, and every message of a transaction that starts later gets a higher one).
+ * Plain read, no row lock: idle polls write nothing; relayBatch's version check catches a concurrent writer. It
+ * takes the delivery-ids lock shared for the batch's transaction (see sql/locks.ts). It also reads which cluster this is: the position is foreign when the stored system identifier differs, or when
+ * the server's transaction ids have not reached the stored snapshots (a restore into a younger cluster).
  */
 export async function readRelayWindow(exec: Executor, s: SchemaName): Promise<RelayWindow> {
-  const rows = await exec.query<RelayWindow>(
+  const rows = await exec.query<RelayStateRow>(
     `SELECT
        ARRAY(SELECT pg_snapshot_xip(done_snapshot))::text[] AS "doneXip",
-       pg_snapshot_xmax(done_snapshot)::text AS "doneXmax",
+       done_snapshot::text AS done,
+       done_max_id::text AS "doneMaxId",
        coalesce(target_snapshot, pg_current_snapshot())::text AS target,
-       coalesce(position_tx, '0'::xid8)::text AS "positionTx",
-       coalesce(position_id, 0)::text AS "positionId",
+       CASE WHEN target_snapshot IS NULL
+            THEN (SELECT coalesce(max(id), 0) FROM ${s.quoted}.messages)
+            ELSE target_max_id
+       END::text AS "targetMaxId",
+       window_after_id::text AS "afterId",
+       position_tx::text AS "legacyTx",
+       position_id::text AS "legacyId",
        version::text AS version,
-       target_snapshot IS NOT NULL AS "windowOpen"
+       target_snapshot IS NOT NULL AS "windowOpen",
+       system_identifier::text AS "storedSystemIdentifier",
+       (SELECT system_identifier FROM pg_control_system())::text AS "systemIdentifier",
+       pg_snapshot_xmax(pg_current_snapshot())
+         < pg_snapshot_xmax(coalesce(target_snapshot, done_snapshot)) AS "xidBehind",
+       ${shareDeliveryIdsLock('$1')}::text AS "idsLocked"
      FROM ${s.quoted}.relay_state`,
+    [s.name],
   );
   const row = rows[0];
   if (row === undefined) throw new Error(`${s.quoted}.relay_state has no row; run migrate()`);
-  return row;
+  const moved =
+    row.xidBehind ||
+    (row.storedSystemIdentifier !== null && row.storedSystemIdentifier !== row.systemIdentifier);
+  return {
+    doneXip: row.doneXip,
+    done: row.done,
+    doneMaxId: row.doneMaxId,
+    target: row.target,
+    targetMaxId: row.targetMaxId,
+    afterId: row.afterId,
+    legacyPosition:
+      row.legacyTx === null || row.legacyId === null ? null : { tx: row.legacyTx, id: row.legacyId },
+    version: row.version,
+    windowOpen: row.windowOpen,
+    foreign: moved
+      ? {
+          storedSystemIdentifier: row.storedSystemIdentifier,
+          systemIdentifier: row.systemIdentifier,
+          xidBehind: row.xidBehind,
+        }
+      : null,
+  };
 }
 
 export interface RelayBatchResult {
@@ -60,23 +130,29 @@ export interface RelayBatchResult {
  * Fans one batch of committed messages out to the matching subscriptions and advances relay_state, in one
  * statement (run inside a transaction).
  *
- * The batch is the messages whose transaction is visible in the target snapshot but was not in the done
- * snapshot, taken in (tx_id, id) order after the saved position. Two index scans on messages_tx_id_idx find them:
- * equality probes for the xids that were running at done (their rows may have committed since), and a range scan
- * from done's xmax up to target's xmax (transactions that started after done). Rows of transactions committed
- * before done are never scanned again, so a long-running transaction elsewhere costs one probe per batch, and a
- * message whose lower id committed late is still found: the window is defined by commit visibility, not by id.
- * Rolled-back rows are invisible to this statement, so they are never relayed.
+ * The window is the messages whose transaction is visible in the target snapshot but was not in the done snapshot,
+ * and it is walked in id order: the batch is its `limit` lowest ids above the last one relayed (afterId). Id order,
+ * not commit or xid order, because it is causal: a message that committed before another was inserted got the
+ * lower id, so per-key order holds for ordered subscriptions however the window is cut into batches (and across
+ * windows: a message that committed before another was inserted is visible in every snapshot that shows the
+ * other). Two bounded scans find the batch, each at most `limit` rows:
+ * - transactions that were running at done (done's xip list; their rows may have committed since): per xid, an
+ *   ordered range of messages_tx_id_idx (tx_id, id), for ids up to done_max_id;
+ * - everything above done_max_id up to target's highest id: an ordered range of the primary key, filtered by
+ *   visibility. Nothing below done_max_id is read again, so a long-running transaction elsewhere costs one probe
+ *   per batch, and each batch costs the same however large the backlog (the scan starts at afterId).
+ * Rows of transactions running at target, or rolled back, fail the visibility filter: never relayed here.
  *
- * When the batch is smaller than the limit the window is finished: done := target. Otherwise the position moves
- * to the last message and the same target is kept for the next batch. An empty batch writes nothing, unless
- * it closes a window that a full batch left open (the window held an exact multiple of the limit). The version
- * check makes a second relay that read the same state roll back instead of relaying twice.
+ * When the batch is smaller than the limit the window is finished: done := target. Otherwise afterId moves to the
+ * batch's last id and the same target is kept for the next batch. An empty batch writes nothing, unless it closes
+ * a window that a full batch left open. The version check makes a second relay that read the same state roll
+ * back instead of relaying twice.
  * The INSERT has no ON CONFLICT: only the relay that holds the advisory lock writes, and the version check keeps
  * its batches disjoint, so a conflict never happens in a healthy system, while the speculative insertion that ON
  * CONFLICT asks for cost about 15% of the relay's rate. deliveries_message_idx (unique) still refuses a
  * duplicate: a second writer that somehow read the same state fails with unique_violation and rolls back (the
- * caller treats it like a lost version check).
+ * caller treats it like a lost version check). Delivery ids are drawn in message id order, which the claim's
+ * per-key check relies on.
  * pg_notify runs once per subscription that received rows and is delivered at commit.
  */
 export async function relayBatch(
@@ -85,32 +161,56 @@ export async function relayBatch(
   w: RelayWindow,
   limit: number,
 ): Promise<RelayBatchResult> {
+  // A window that an earlier version left open was walked in (tx_id, id) order: skip what it relayed already.
+  const legacy = w.legacyPosition === null ? '' : `AND (m.tx_id, m.id) > ($10::xid8, $11::bigint)`;
+  const params: unknown[] = [
+    w.doneXip,
+    w.done,
+    w.target,
+    w.afterId,
+    w.doneMaxId,
+    w.targetMaxId,
+    limit,
+    w.version,
+    s.channel,
+  ];
+  if (w.legacyPosition !== null) params.push(w.legacyPosition.tx, w.legacyPosition.id);
+  params.push(w.windowOpen);
+  const windowOpen = `$${params.length}::boolean`;
   const rows = await exec.query<{ messages: string; deliveries: string; written: string }>(
     `WITH batch AS (
-       SELECT id, tx_id, topic, key, deliver_at, created_at
+       SELECT id, topic, key, deliver_at, created_at
        FROM (
-         (SELECT id, tx_id, topic, key, deliver_at, created_at
-          FROM ${s.quoted}.messages
-          WHERE tx_id = ANY ($1::xid8[])
-            AND (tx_id, id) > ($4::xid8, $5::bigint)
-            AND pg_visible_in_snapshot(tx_id, $3::pg_snapshot)
-          ORDER BY tx_id, id
-          LIMIT $6::int)
+         (SELECT xm.id, xm.topic, xm.key, xm.deliver_at, xm.created_at
+          FROM unnest($1::xid8[]) AS x(tx)
+          CROSS JOIN LATERAL (
+            SELECT m.id, m.tx_id, m.topic, m.key, m.deliver_at, m.created_at
+            FROM ${s.quoted}.messages m
+            WHERE m.tx_id = x.tx
+              AND m.id > $4::bigint
+              AND m.id <= $5::bigint
+              ${legacy}
+            ORDER BY m.id
+            LIMIT $7::int
+          ) xm
+          WHERE pg_visible_in_snapshot(x.tx, $3::pg_snapshot))
          UNION ALL
-         (SELECT id, tx_id, topic, key, deliver_at, created_at
-          FROM ${s.quoted}.messages
-          WHERE tx_id >= $2::xid8
-            AND tx_id < pg_snapshot_xmax($3::pg_snapshot)
-            AND (tx_id, id) > ($4::xid8, $5::bigint)
-            AND pg_visible_in_snapshot(tx_id, $3::pg_snapshot)
-          ORDER BY tx_id, id
-          LIMIT $6::int)
+         (SELECT m.id, m.topic, m.key, m.deliver_at, m.created_at
+          FROM ${s.quoted}.messages m
+          WHERE m.id > greatest($4::bigint, $5::bigint)
+            AND m.id <= coalesce($6::bigint, 9223372036854775807)
+            AND pg_visible_in_snapshot(m.tx_id, $3::pg_snapshot)
+            AND NOT pg_visible_in_snapshot(m.tx_id, $2::pg_snapshot)
+            ${legacy}
+          ORDER BY m.id
+          LIMIT $7::int)
        ) candidates
-       ORDER BY tx_id, id
-       LIMIT $6::int
+       ORDER BY id
+       LIMIT $7::int
      ),
-     last AS (
-       SELECT tx_id, id FROM batch ORDER BY tx_id DESC, id DESC LIMIT 1
+     closes AS (
+       SELECT (SELECT count(*) FROM batch) < $7::int AS window_done,
+              (SELECT max(id) FROM batch) AS last_id
      ),
      inserted AS (
        INSERT INTO ${s.quoted}.deliveries (subscription_id, message_id, key, ordered_key, available_at)
@@ -126,23 +226,27 @@ export async function relayBatch(
          LIMIT 1
        ) cancel ON true
        WHERE cancel.cancelled IS NULL
-       ORDER BY b.tx_id, b.id, sub.id
+       ORDER BY b.id, sub.id
        RETURNING subscription_id
      ),
      notified AS (
-       SELECT pg_notify($8::text, subscription_id::text)
+       SELECT pg_notify($9::text, subscription_id::text)
        FROM (SELECT DISTINCT subscription_id FROM inserted) touched
      ),
      written AS (
        UPDATE ${s.quoted}.relay_state
-       SET done_snapshot = CASE WHEN (SELECT count(*) FROM batch) < $6::int THEN $3::pg_snapshot ELSE done_snapshot END,
-           target_snapshot = CASE WHEN (SELECT count(*) FROM batch) < $6::int THEN NULL ELSE $3::pg_snapshot END,
-           position_tx = CASE WHEN (SELECT count(*) FROM batch) < $6::int THEN NULL ELSE (SELECT tx_id FROM last) END,
-           position_id = CASE WHEN (SELECT count(*) FROM batch) < $6::int THEN NULL ELSE (SELECT id FROM last) END,
+       SET done_snapshot = CASE WHEN c.window_done THEN $3::pg_snapshot ELSE done_snapshot END,
+           done_max_id = CASE WHEN c.window_done THEN coalesce($6::bigint, done_max_id) ELSE done_max_id END,
+           target_snapshot = CASE WHEN c.window_done THEN NULL ELSE $3::pg_snapshot END,
+           target_max_id = CASE WHEN c.window_done THEN NULL ELSE $6::bigint END,
+           window_after_id = CASE WHEN c.window_done THEN 0 ELSE c.last_id END,
+           position_tx = CASE WHEN c.window_done THEN NULL ELSE position_tx END,
+           position_id = CASE WHEN c.window_done THEN NULL ELSE position_id END,
            version = version + 1,
            updated_at = now()
-       WHERE version = $7::bigint
-         AND (EXISTS (SELECT 1 FROM batch) OR $9::boolean)
+       FROM closes c
+       WHERE version = $8::bigint
+         AND (c.last_id IS NOT NULL OR ${windowOpen})
        RETURNING 1
      )
      SELECT
@@ -150,7 +254,7 @@ export async function relayBatch(
        (SELECT count(*) FROM inserted)::text AS deliveries,
        (SELECT count(*) FROM written)::text AS written,
        (SELECT count(*) FROM notified)::text AS notified`,
-    [w.doneXip, w.doneXmax, w.target, w.positionTx, w.positionId, limit, w.version, s.channel, w.windowOpen],
+    params,
   );
   const row = rows[0];
   const messages = Number(row?.messages ?? 0);
@@ -161,18 +265,30 @@ export async function relayBatch(
   };
 }
 
-/** Committed messages not fanned out yet, and the age of the oldest: the relay's backlog and lag. */
+/**
+ * Committed messages not fanned out yet, and the age of the oldest: the relay's backlog and lag. Reads only what the
+ * relay has still to read (above done_max_id through the primary key, and the rows of transactions that were running
+ * at done), so its cost is the backlog's, not the history's.
+ */
 export async function selectRelayBacklog(
   exec: Executor,
   s: SchemaName,
 ): Promise<{ backlog: number; lagMs: number }> {
   const rows = await exec.query<{ backlog: string; lag_ms: string | null }>(
     `SELECT count(*)::text AS backlog,
-            (EXTRACT(EPOCH FROM now() - min(m.created_at)) * 1000)::bigint::text AS lag_ms
+            (EXTRACT(EPOCH FROM now() - min(w.created_at)) * 1000)::bigint::text AS lag_ms
      FROM ${s.quoted}.relay_state r
-     JOIN ${s.quoted}.messages m
-       ON m.tx_id >= pg_snapshot_xmin(r.done_snapshot)
-      AND NOT pg_visible_in_snapshot(m.tx_id, r.done_snapshot)`,
+     CROSS JOIN LATERAL (
+       SELECT m.created_at
+       FROM ${s.quoted}.messages m
+       WHERE m.id > r.done_max_id
+         AND NOT pg_visible_in_snapshot(m.tx_id, r.done_snapshot)
+       UNION ALL
+       SELECT m.created_at
+       FROM ${s.quoted}.messages m
+       WHERE m.tx_id = ANY (ARRAY(SELECT pg_snapshot_xip(r.done_snapshot)))
+         AND m.id <= r.done_max_id
+     ) w`,
   );
   return { backlog: Number(rows[0]?.backlog ?? 0), lagMs: Math.max(0, Number(rows[0]?.lag_ms ?? 0)) };
 }

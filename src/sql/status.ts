@@ -13,7 +13,7 @@ export interface SubscriptionStatusRow {
 
 /**
  * Per-subscription counts. Pending, delayed and in-flight rows are read from deliveries_due_idx (pending rows
- * only) and dead rows from deliveries_dead_idx, so done history does not make this slower.
+ * only) and dead rows from dead_deliveries_subscription_idx, so done history does not make this slower.
  */
 export async function selectSubscriptionStatus(
   exec: Executor,
@@ -25,8 +25,8 @@ export async function selectSubscriptionStatus(
             coalesce(p.pending, 0)::text AS pending,
             coalesce(p.delayed, 0)::text AS delayed,
             coalesce(p.in_flight, 0)::text AS in_flight,
-            (SELECT count(*) FROM ${s.quoted}.deliveries d
-              WHERE d.subscription_id = sub.id AND d.state = 'dead')::text AS dead,
+            (SELECT count(*) FROM ${s.quoted}.dead_deliveries x
+              WHERE x.subscription_id = sub.id)::text AS dead,
             (EXTRACT(EPOCH FROM now() - p.oldest_due) * 1000)::bigint::text AS oldest_pending_ms
      FROM ${s.quoted}.subscriptions sub
      LEFT JOIN LATERAL (

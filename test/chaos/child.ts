@@ -38,6 +38,7 @@ export interface ChildEvent {
   pid: number;
   subscription?: string;
   id?: string;
+  deliveryId?: string;
   attempt?: number;
   payload?: unknown;
   component?: string;
@@ -120,7 +121,8 @@ export function spawnFixture(fixture: string, config: unknown): ConsumerChild {
         timeoutMs,
       );
       if (outcome === 'died') {
-        throw new Error(`child ${proc.pid} exited before: ${label}\n${stderr}`);
+        const how = proc.signalCode ?? `code ${proc.exitCode}`;
+        throw new Error(`child ${proc.pid} exited (${how}) before: ${label}\n${stderr}`);
       }
     },
     signal(signal) {

@@ -9,17 +9,17 @@ const TOPIC = 'halfopen.work';
 const FAST = 'halfopen_fast';
 const FAST_POLL_MS = 500;
 /**
- * Practically never polls (and its leases outlast the test, so no lease end wakes it either): a message it
- * handles within WAKE_BOUND_MS was brought by a wake-up over the LISTEN connection, nothing else.
+ * Polls once at start, then practically never (and its leases outlast the test, so no lease end wakes it either):
+ * a message published after its start that it handles at all, before the test ends, was brought by a wake-up over
+ * the LISTEN connection, nothing else.
  */
 const SLOW = 'halfopen_slow';
 const SLOW_POLL_MS = 300_000;
 const SLOW_LEASE_MS = 120_000;
-const WAKE_BOUND_MS = 5_000;
-/** Far below the 5–15 s a lost wake-up would cost, far above the poll interval. */
-const POLL_BOUND_MS = FAST_POLL_MS + 2_500;
-/** The listener pings every 10 s and gives up on a ping after 5 s (src/runtime/listener.ts). */
-const DETECTION_BOUND_MS = 10_000 + 5_000 + 10_000;
+/** Deadlines for conditions, not measurements: far below the slow consumer's poll, room for a loaded machine. */
+const HANDLED_DEADLINE_MS = 30_000;
+/** The listener pings every 10 s and gives up on a ping after 5 s (src/runtime/listener.ts); twice, and room. */
+const DETECTION_DEADLINE_MS = 2 * (10_000 + 5_000) + 10_000;
 
 describe('a LISTEN connection that goes silent without closing (half-open)', () => {
   let t: OutboxTestContext;
@@ -74,7 +74,7 @@ describe('a LISTEN connection that goes silent without closing (half-open)', () 
     const listenConnections = (): ProxiedConnection[] => proxy.connections.filter((c) => c.saw('LISTEN '));
     const published: string[] = [];
     /** Publishes one message and waits until every consumer in `by` has handled it; returns the latency. */
-    const publishAndWait = async (by: Map<string, number>[], deadlineMs: number): Promise<number> => {
+    const publishAndWait = async (by: Map<string, number>[]): Promise<number> => {
       const sentAt = Date.now();
       const { id } = await relay.publish(t.pool, TOPIC, { n: published.length });
       published.push(id);
@@ -84,7 +84,7 @@ describe('a LISTEN connection that goes silent without closing (half-open)', () 
           const times = by.map((seen) => seen.get(id) ?? NaN);
           return times.every((x) => !Number.isNaN(x)) ? Math.max(...times) : undefined;
         },
-        deadlineMs,
+        HANDLED_DEADLINE_MS,
       );
       return at - sentAt;
     };
@@ -92,26 +92,27 @@ describe('a LISTEN connection that goes silent without closing (half-open)', () 
     await consumer.start();
     const first = await waitFor('the LISTEN connection', () => listenConnections()[0]);
     expect(proxy.connections.length).toBeGreaterThan(1); // pool connections beside it
-    // With a working LISTEN connection, the slow consumer is woken right away.
-    expect(await publishAndWait([fastSeen, slowSeen], WAKE_BOUND_MS)).toBeLessThan(WAKE_BOUND_MS);
+    // With a working LISTEN connection, the slow consumer is woken.
+    const latencies = { woken: [await publishAndWait([fastSeen, slowSeen])], polled: [] as number[] };
 
     // (a) The LISTEN connection goes silent, no FIN and no RST: notifications stop, nothing says so.
     first.blackHole();
+    const silentAt = Date.now();
     const silentFrom = published.length;
-    const pollLatencies: number[] = [];
-    const detectionDeadline = Date.now() + DETECTION_BOUND_MS;
+    const detectionDeadline = Date.now() + DETECTION_DEADLINE_MS;
     do {
-      pollLatencies.push(await publishAndWait([fastSeen], POLL_BOUND_MS));
-      expect(Date.now(), 'the listener reports the silent connection in time').toBeLessThan(
-        detectionDeadline,
-      );
+      latencies.polled.push(await publishAndWait([fastSeen]));
+      expect(Date.now(), 'the listener reports the silent connection').toBeLessThan(detectionDeadline);
     } while (listenerErrors.length === 0);
     const silent = published.slice(silentFrom);
-    expect(Math.max(...pollLatencies)).toBeLessThan(POLL_BOUND_MS);
 
     // (b) The ping finds the connection silent: an error event, and a new LISTEN connection through the proxy.
     const detectedAt = listenerErrors[0]?.at ?? 0;
     expect(listenerErrors[0]?.message).toMatch(/LISTEN connection silent for 5000 ms/);
+    // Messages kept flowing by polling while the connection was silent and nothing had noticed yet: all but the
+    // last one (which may have been waiting when the ping gave up) were handled before the listener's report.
+    const polledBeforeReport = silent.filter((id) => (fastSeen.get(id) ?? Infinity) < detectedAt);
+    expect(polledBeforeReport.length).toBeGreaterThanOrEqual(Math.max(1, silent.length - 1));
     const second = await waitFor('a second LISTEN connection', () => listenConnections()[1]);
     expect([first.silent, second.silent]).toEqual([true, false]);
     expect(listenConnections().map((c) => c.id)).toEqual([first.id, second.id]);
@@ -120,16 +121,18 @@ describe('a LISTEN connection that goes silent without closing (half-open)', () 
     await waitFor(
       'the slow consumer caught up after the reconnect',
       () => silent.every((id) => slowSeen.has(id)),
-      WAKE_BOUND_MS,
+      HANDLED_DEADLINE_MS,
     );
     for (const id of silent) expect(slowSeen.get(id)).toBeGreaterThanOrEqual(detectedAt);
 
-    // (c) Wake-ups are back: every new message reaches the slow consumer far sooner than it would ever poll.
-    const wakeLatencies: number[] = [];
-    for (let i = 0; i < 5; i += 1)
-      wakeLatencies.push(await publishAndWait([fastSeen, slowSeen], WAKE_BOUND_MS));
-    expect(Math.max(...wakeLatencies)).toBeLessThan(WAKE_BOUND_MS);
+    // (c) Wake-ups are back: every new message reaches the slow consumer, which would not poll before 300 s.
+    for (let i = 0; i < 5; i += 1) latencies.woken.push(await publishAndWait([fastSeen, slowSeen]));
     expect(listenerErrors).toHaveLength(1);
+    // Printed, not asserted: a test never asserts a timing.
+    console.info(
+      `half-open LISTEN: woken in ${latencies.woken.join(', ')} ms; while silent, polled in ` +
+        `${latencies.polled.join(', ')} ms; the ping gave up ${detectedAt - silentAt} ms after the cut`,
+    );
 
     // Nothing lost: every message handled by both subscriptions, each delivery completed once.
     expect([...fastSeen.keys()].sort()).toEqual([...published].sort());
@@ -141,5 +144,5 @@ describe('a LISTEN connection that goes silent without closing (half-open)', () 
     expect(await count(t.pool, 'SELECT count(*) AS n FROM outbox.completed_deliveries')).toBe(
       2 * published.length,
     );
-  }, 90_000);
+  }, 150_000);
 });

@@ -37,11 +37,15 @@ export async function setupOutboxTest(options: { poolMax?: number } = {}): Promi
   };
 }
 
-/** Waits for a condition, polling, until a deadline; throws with the label when it never holds. */
+/**
+ * Waits for a condition, polling every `intervalMs`, until a deadline; throws with the label when it never holds.
+ * A check that costs a query on a large table deserves a longer interval than the default.
+ */
 export async function waitFor<T>(
   label: string,
   check: () => Promise<T | false | null | undefined> | T | false | null | undefined,
   timeoutMs = 20_000,
+  intervalMs = 10,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
@@ -55,7 +59,7 @@ export async function waitFor<T>(
     if (Date.now() > deadline) {
       throw new Error(`timed out after ${timeoutMs} ms waiting for: ${label}`, { cause: last });
     }
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }
 

@@ -395,10 +395,10 @@ describe('bad input', () => {
         options: { topics: ['order.paid'], group: 'x' } as SubscribeOptions,
       },
       {
-        title: 'blockKeyOnDead without ordered',
+        title: 'blockKeyOnDead with ordered: false',
         code: 'OUTBOX_INVALID_OPTION' as const,
         name: 'bad-ordered',
-        options: { topics: ['order.paid'], blockKeyOnDead: true },
+        options: { topics: ['order.paid'], ordered: false, blockKeyOnDead: true },
       },
       {
         title: 'an invalid topic filter',
@@ -430,7 +430,8 @@ describe('bad input', () => {
     it('does not register a subscribe call that was rejected, so a corrected one succeeds', async () => {
       const o = t.outbox({ relay: { enabled: false } });
       await expectOutboxError(
-        () => o.subscribe('bad-retry', { topics: ['order.paid'], blockKeyOnDead: true }, handler),
+        () =>
+          o.subscribe('bad-retry', { topics: ['order.paid'], ordered: false, blockKeyOnDead: true }, handler),
         'OUTBOX_INVALID_OPTION',
       );
       expect(() => o.subscribe('bad-retry', { topics: ['order.paid'] }, handler)).not.toThrow();
@@ -508,7 +509,7 @@ describe('bad input', () => {
 
     describe('with two dead letters', () => {
       let deliveryIds: string[];
-      const dead = () => count(t.pool, `SELECT count(*) AS n FROM outbox.deliveries WHERE state = 'dead'`);
+      const dead = () => count(t.pool, 'SELECT count(*) AS n FROM outbox.dead_deliveries');
 
       beforeAll(async () => {
         await outbox.declareSubscription('dead-end', { topics: ['dead.end'] });
@@ -518,9 +519,9 @@ describe('bad input', () => {
         ]);
         // Dead letters set up directly, as a consumer that gave up would leave them.
         const { rows } = await t.pool.query<{ id: string }>(
-          `INSERT INTO outbox.deliveries (subscription_id, message_id, state, attempt, available_at, last_error,
-                                          completed_at)
-           SELECT s.id, m.id::bigint, 'dead', 10, now(), 'gave up', now()
+          `INSERT INTO outbox.dead_deliveries (id, subscription_id, message_id, attempt, last_error, created_at)
+           SELECT nextval(pg_get_serial_sequence('outbox.deliveries', 'id')), s.id, m.id::bigint, 10, 'gave up',
+                  now()
            FROM outbox.subscriptions s, unnest($1::text[]) AS m(id)
            WHERE s.name = 'dead-end'
            RETURNING id`,

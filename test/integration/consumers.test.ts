@@ -70,7 +70,7 @@ describe('consumers', () => {
     expect(letters[0]?.lastError).toContain('boom on attempt 3');
     // The backoff was taken from Postgres's clock: each retry came after its delay.
     const { rows } = await t.pool.query<{ spread_ms: number }>(
-      `SELECT EXTRACT(EPOCH FROM completed_at - created_at) * 1000 AS spread_ms FROM outbox.deliveries WHERE message_id = $1`,
+      `SELECT EXTRACT(EPOCH FROM dead_at - created_at) * 1000 AS spread_ms FROM outbox.dead_deliveries WHERE message_id = $1`,
       [id],
     );
     expect(Number(rows[0]?.spread_ms)).toBeGreaterThanOrEqual(20 + 40);
@@ -244,13 +244,14 @@ describe('consumers', () => {
     });
     const kept = await outbox.publish(t.pool, 'orphan.test', { n: 2 });
     await waitFor('the next message is handled', () => handled.includes(kept.id));
-    const { rows } = await t.pool.query<{ state: string; last_error: string }>(
-      'SELECT state, last_error FROM outbox.deliveries WHERE message_id = $1',
+    const { rows } = await t.pool.query<{ last_error: string }>(
+      'SELECT last_error FROM outbox.dead_deliveries WHERE message_id = $1',
       [gone.id],
     );
-    expect(rows).toEqual([
-      { state: 'dead', last_error: 'the message no longer exists in the messages table' },
-    ]);
+    expect(rows).toEqual([{ last_error: 'the message no longer exists in the messages table' }]);
+    expect(
+      await count(t.pool, 'SELECT count(*) AS n FROM outbox.deliveries WHERE message_id = $1', [gone.id]),
+    ).toBe(0);
     expect(handled).toEqual([kept.id]);
     await outbox.stop();
   });

@@ -26,6 +26,7 @@ const SCHEMA = 'lp_outbox';
 const EXPECTED_PRIVILEGES: Record<string, string[]> = {
   cancellations: ['SELECT', 'INSERT'],
   completed_deliveries: ['INSERT'],
+  dead_deliveries: ['SELECT', 'INSERT', 'DELETE'],
   dead_letters: [],
   deliveries: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
   deliveries_id_seq: [],

@@ -1,6 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Outbox } from '../../src/index.js';
+import { discard, type Outbox } from '../../src/index.js';
 import { setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+
+interface Labelled {
+  key: string;
+  label: string;
+}
 
 const KEYS = 50;
 const PER_KEY = 50;
@@ -97,20 +102,21 @@ describe('ordered subscriptions', () => {
       const topic = `${name}.test`;
       const outbox = t.outbox();
       const handled: number[] = [];
+      let otherHandled = false;
       let poisoned = false;
-      outbox.subscribe(
-        name,
-        { topics: [topic], ordered: true, blockKeyOnDead: block, maxAttempts: 1 },
-        (m) => {
-          const { seq } = m.payload as { seq: number };
-          if (seq === 0 && !poisoned) {
-            poisoned = true;
-            throw new Error('poison head: fails its only attempt');
-          }
-          handled.push(seq);
-        },
-      );
-      await outbox.declareSubscription(name, { topics: [topic], ordered: true });
+      outbox.subscribe(name, { topics: [topic], ordered: true, maxAttempts: 1 }, (m) => {
+        if (m.key === 'other') {
+          otherHandled = true;
+          return;
+        }
+        const { seq } = m.payload as { seq: number };
+        if (seq === 0 && !poisoned) {
+          poisoned = true;
+          throw new Error('poison head: fails its only attempt');
+        }
+        handled.push(seq);
+      });
+      await outbox.declareSubscription(name, { topics: [topic], ordered: true, blockKeyOnDead: block });
       await outbox.publishMany(
         t.pool,
         [0, 1, 2].map((seq) => ({ topic, key: 'k', payload: { seq } })),
@@ -118,8 +124,10 @@ describe('ordered subscriptions', () => {
       await outbox.start();
       await waitFor('the head is dead', async () => (await outbox.deadLetters(name)).length === 1);
       if (block) {
-        // Nothing behind the dead head runs until it is replayed.
-        await new Promise((r) => setTimeout(r, 300));
+        // Nothing behind the dead head runs until it is replayed. A message of another key published now is due
+        // after them: once it is handled, every claim that could have taken them has run.
+        await outbox.publish(t.pool, topic, { other: true }, { key: 'other' });
+        await waitFor('the other key is handled', () => otherHandled);
         expect(handled).toEqual([]);
         await outbox.replay(name);
         await waitFor('the key resumes in order after replay', () => handled.length === 3);
@@ -130,6 +138,110 @@ describe('ordered subscriptions', () => {
       }
       await outbox.stop();
     }
+  });
+
+  /**
+   * An ordered subscription whose handler discards the first delivery labelled H, holds the one labelled S until
+   * `releaseS()`, and records what starts and finishes, and the most deliveries of one key running at once.
+   */
+  function orderedScenario(outbox: Outbox, name: string, topic: string, blockKeyOnDead: boolean) {
+    const running = new Map<string, number>();
+    const state = {
+      started: [] as string[],
+      done: [] as string[],
+      deliveryIds: [] as string[],
+      mostAtOnce: 0,
+      releaseS: () => undefined as void,
+    };
+    const gate = new Promise<void>((resolve) => (state.releaseS = resolve));
+    let discarded = false;
+    outbox.subscribe(name, { topics: [topic], ordered: true, blockKeyOnDead, concurrency: 4 }, async (m) => {
+      const { key, label } = m.payload as Labelled;
+      running.set(key, (running.get(key) ?? 0) + 1);
+      state.mostAtOnce = Math.max(state.mostAtOnce, running.get(key) ?? 0);
+      state.started.push(label);
+      try {
+        if (label === 'H' && !discarded) {
+          discarded = true;
+          throw discard('poison head');
+        }
+        if (label === 'S') await gate;
+        state.done.push(label);
+        if (label === 'H') state.deliveryIds.push(m.deliveryId);
+      } finally {
+        running.set(key, (running.get(key) ?? 1) - 1);
+      }
+    });
+    return state;
+  }
+
+  async function publishHeadAndSuccessor(outbox: Outbox, topic: string): Promise<void> {
+    await outbox.publishMany(t.pool, [
+      { topic, key: 'k', payload: { key: 'k', label: 'H' } },
+      { topic, key: 'k', payload: { key: 'k', label: 'S' } },
+    ]);
+  }
+
+  /**
+   * Progress instead of a sleep: a message of another key, published now, is due after everything replayed or
+   * published before it, so once it is handled every claim that could have taken those has run.
+   */
+  async function claimsCaughtUp(outbox: Outbox, topic: string, state: { done: string[] }, label: string) {
+    await outbox.publish(t.pool, topic, { key: 'other', label }, { key: 'other' });
+    await waitFor(`${label} handled`, () => state.done.includes(label));
+  }
+
+  it('replays the dead head of an ordered key while its successor runs without running two of the key at once', async () => {
+    const name = 'replay-skip';
+    const topic = 'replay-skip.test';
+    const outbox = t.outbox();
+    const state = orderedScenario(outbox, name, topic, false);
+    await outbox.declareSubscription(name, { topics: [topic], ordered: true });
+    await outbox.start();
+    await publishHeadAndSuccessor(outbox, topic);
+    const [letter] = await waitFor('H is a dead letter', async () => {
+      const letters = await outbox.deadLetters(name);
+      return letters.length === 1 ? letters : undefined;
+    });
+    await waitFor('S runs: the key moved past its dead head', () => state.started.includes('S'));
+
+    expect(await outbox.replay(name)).toEqual({ replayed: 1 });
+    await claimsCaughtUp(outbox, topic, state, 'M');
+    expect(state.started).toEqual(['H', 'S', 'M']);
+
+    state.releaseS();
+    await waitFor('H handled after S', () => state.done.includes('H'));
+    expect(state.done).toEqual(['M', 'S', 'H']);
+    expect(state.mostAtOnce).toBe(1);
+    // It queued after everything of its key under a new delivery id.
+    expect(state.deliveryIds).toHaveLength(1);
+    expect(BigInt(state.deliveryIds[0] ?? '0')).toBeGreaterThan(BigInt(letter?.deliveryId ?? '0'));
+    expect(await outbox.deadLetters(name)).toEqual([]);
+    await outbox.stop();
+  });
+
+  it('replays the dead head of a key that blocks on dead letters first, under its own delivery id', async () => {
+    const name = 'replay-block';
+    const topic = 'replay-block.test';
+    const outbox = t.outbox();
+    const state = orderedScenario(outbox, name, topic, true);
+    state.releaseS();
+    await outbox.declareSubscription(name, { topics: [topic], ordered: true, blockKeyOnDead: true });
+    await outbox.start();
+    await publishHeadAndSuccessor(outbox, topic);
+    const [letter] = await waitFor('H is a dead letter', async () => {
+      const letters = await outbox.deadLetters(name);
+      return letters.length === 1 ? letters : undefined;
+    });
+    await claimsCaughtUp(outbox, topic, state, 'M');
+    expect(state.started).toEqual(['H', 'M']);
+
+    expect(await outbox.replay(name)).toEqual({ replayed: 1 });
+    await waitFor('H and S handled', () => state.done.includes('S'));
+    expect(state.done).toEqual(['M', 'H', 'S']);
+    expect(state.mostAtOnce).toBe(1);
+    expect(state.deliveryIds).toEqual([letter?.deliveryId]);
+    await outbox.stop();
   });
 
   it('runs more keys in parallel: throughput grows with the number of keys (printed, not asserted)', async () => {

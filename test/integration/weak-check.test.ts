@@ -66,10 +66,19 @@ describe.skipIf(!(await redisAnswers()))('weak idempotency check (Redis)', () =>
     expect(runs).toBe(1);
   });
 
+  it('keeps scope "a:b" with key "c" apart from scope "a" with key "b:c"', async () => {
+    const weak = createWeakCheck(redis, { prefix });
+    const effect = (name: string) => () => Promise.resolve(name);
+    expect(await weak.once('a:b', 'c', effect('first'))).toEqual({ duplicate: false, result: 'first' });
+    expect(await weak.once('a', 'b:c', effect('second'))).toEqual({ duplicate: false, result: 'second' });
+    expect(await weak.once('a:b', 'c', effect('again'))).toEqual({ duplicate: true });
+    expect(await weak.once('a', 'b:c', effect('again'))).toEqual({ duplicate: true });
+  });
+
   it('runs the effect again when its runner died before marking it done (the accepted duplicate)', async () => {
     const weak = createWeakCheck(redis, { prefix, claimMs: 200 });
     // A runner that claimed the key and died: its claim token stays until claimMs.
-    await redis.sendCommand(['SET', `${prefix}sms:orphan`, 'dead-runner', 'NX', 'PX', '200']);
+    await redis.sendCommand(['SET', `${prefix}3:sms:orphan`, 'dead-runner', 'NX', 'PX', '200']);
     await expect(weak.once('sms', 'orphan', () => Promise.resolve())).rejects.toBeInstanceOf(RetryAfterError);
     const result = await waitFor('the claim expired and the effect ran', () =>
       weak.once('sms', 'orphan', () => Promise.resolve('resent')).catch(() => undefined),

@@ -192,3 +192,63 @@ describe('messageRow', () => {
     },
   );
 });
+
+describe('messageRow errors', () => {
+  const SECRET = 'Bearer s3cr3t-t0ken';
+  const leaks = (error: OutboxError) =>
+    `${error.message} ${String(JSON.stringify(error.value))}`.includes('s3cr3t');
+
+  it.each([
+    ['a number value', { authorization: SECRET, retries: 3 }],
+    ['a nested object', { authorization: SECRET, nested: { token: SECRET } }],
+    ['a null value', { authorization: SECRET, trace: null }],
+    ['an array', [SECRET]],
+    ['a string', `authorization=${SECRET}`],
+    ['a NUL character in a value', { authorization: `${SECRET}\u0000` }],
+    ['a lone surrogate in a value', { authorization: `${SECRET}\ud800` }],
+  ])('never carry a header value when headers hold %s', (_, headers) => {
+    const error = expectCode(() => row({}, { headers }), 'OUTBOX_INVALID_HEADERS');
+    expect(leaks(error)).toBe(false);
+  });
+
+  it('name the header and the type that is wrong, not the headers', () => {
+    const error = expectCode(
+      () => row({}, { headers: { authorization: SECRET, retries: 3 } }),
+      'OUTBOX_INVALID_HEADERS',
+    );
+    expect(error.value).toEqual({ header: 'retries', type: 'number' });
+    expect(error.message).toMatch(/"retries"/);
+    expect(expectCode(() => row({}, { headers: [SECRET] }), 'OUTBOX_INVALID_HEADERS').value).toEqual({
+      type: 'array',
+    });
+  });
+
+  it.each([
+    ['a BigInt', { token: SECRET, amount: 10n }],
+    ['a NUL character', { token: `${SECRET}\u0000` }],
+    ['a lone surrogate', { token: `${SECRET}\ud800` }],
+  ])('never carry the payload when it holds %s', (_, payload) => {
+    expect(leaks(expectCode(() => row(payload), 'OUTBOX_INVALID_PAYLOAD'))).toBe(false);
+  });
+
+  it('never carry the payload when it is too large', () => {
+    expect(leaks(expectCode(() => row({ token: SECRET }, {}, 10), 'OUTBOX_PAYLOAD_TOO_LARGE'))).toBe(false);
+  });
+
+  it.each([
+    [
+      'the options',
+      () => messageRow('a', {}, SECRET as unknown as PublishOptions, LIMIT),
+      'OUTBOX_INVALID_OPTION',
+      'string',
+    ],
+    ['the key', () => row({}, { key: { token: SECRET } }), 'OUTBOX_INVALID_KEY', 'object'],
+    ['the dedupKey', () => row({}, { dedupKey: { token: SECRET } }), 'OUTBOX_INVALID_OPTION', 'object'],
+    ['deliverAt', () => row({}, { deliverAt: { token: SECRET } }), 'OUTBOX_INVALID_OPTION', 'object'],
+    ['delayMs', () => row({}, { delayMs: { token: SECRET } }), 'OUTBOX_INVALID_OPTION', 'object'],
+  ])('never carry a wrong value passed as %s, only its type', (_, fn, code, type) => {
+    const error = expectCode(fn, code);
+    expect(leaks(error)).toBe(false);
+    expect(error.value).toEqual({ type });
+  });
+});

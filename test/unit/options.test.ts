@@ -115,8 +115,9 @@ describe('resolveSubscribeOptions', () => {
         pattern: '^(user\\.[A-Za-z0-9_-]+)$',
       },
       mode: 'lease',
-      ordered: false,
-      blockKeyOnDead: false,
+      // Omitted: the consumer runs with the subscription's stored settings.
+      ordered: undefined,
+      blockKeyOnDead: undefined,
       maxAttempts: 10,
       batchSize: 100,
       concurrency: 10,
@@ -155,8 +156,12 @@ describe('resolveSubscribeOptions', () => {
     expectCode(subscribeWith({ retry: { max: 1 } }), 'OUTBOX_UNKNOWN_OPTION', 'max');
   });
 
-  it('rejects blockKeyOnDead without ordered with OUTBOX_INVALID_OPTION', () => {
-    expectCode(subscribeWith({ blockKeyOnDead: true }), 'OUTBOX_INVALID_OPTION');
+  it('rejects blockKeyOnDead with ordered: false with OUTBOX_INVALID_OPTION', () => {
+    expectCode(subscribeWith({ ordered: false, blockKeyOnDead: true }), 'OUTBOX_INVALID_OPTION');
+    // With ordered omitted the stored setting decides, when the consumer starts.
+    expect(resolveSubscribeOptions({ topics: ['a'], blockKeyOnDead: true })).toMatchObject({
+      blockKeyOnDead: true,
+    });
     expect(resolveSubscribeOptions({ topics: ['a'], ordered: true, blockKeyOnDead: true })).toMatchObject({
       ordered: true,
       blockKeyOnDead: true,

@@ -128,3 +128,110 @@ describe('errorText', () => {
     expect(errorText('y'.repeat(4000))).toBe('y'.repeat(4000));
   });
 });
+
+const THIRTY_DAYS_MS = 30 * 86_400_000;
+
+describe('failureOutcome with a requested delay the database cannot store', () => {
+  it.each([
+    [1.5, 2],
+    [0.4, 0],
+    [-5, 0],
+    [-1.5, 0],
+    [1e20, THIRTY_DAYS_MS],
+    [Number.MAX_VALUE, THIRTY_DAYS_MS],
+    [THIRTY_DAYS_MS + 1, THIRTY_DAYS_MS],
+  ])('retries a RetryAfterError(%s) after %s ms', (requested, delayMs) => {
+    expect(failureOutcome(new RetryAfterError(requested), 1, policy)).toEqual({ outcome: 'retry', delayMs });
+  });
+
+  it.each([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, '100' as unknown as number])(
+    'retries a RetryAfterError(%s) with the backoff of its attempt',
+    (requested) => {
+      const { outcome, delayMs } = failureOutcome(new RetryAfterError(requested), 3, policy);
+      expect(outcome).toBe('retry');
+      expect(delayMs).toBeGreaterThanOrEqual(2000);
+      expect(delayMs).toBeLessThanOrEqual(4000);
+    },
+  );
+
+  it('retries with the backoff when the thrown value cannot even be inspected', () => {
+    const hostile = new Proxy(
+      {},
+      {
+        getPrototypeOf() {
+          throw new Error('no prototype');
+        },
+      },
+    );
+    expect(failureOutcome(hostile, 1, policy).outcome).toBe('retry');
+    expect(failureOutcome(hostile, 5, policy)).toEqual({ outcome: 'dead', delayMs: 0 });
+  });
+});
+
+describe('errorText of text Postgres cannot store', () => {
+  it('replaces NUL characters with U+FFFD', () => {
+    const text = errorText(new Error('bad\u0000byte'));
+    expect(text).not.toContain('\u0000');
+    expect(text).toMatch(/^Error: bad\uFFFDbyte\n/);
+    expect(errorText('a\u0000\u0000b')).toBe('a\uFFFD\uFFFDb');
+  });
+
+  it('does not cut a surrogate pair in half at the bound', () => {
+    const text = errorText(`${'x'.repeat(3999)}😀 and more`);
+    expect(text).toBe(`${'x'.repeat(3999)}…`);
+  });
+});
+
+describe('errorText of a thrown value that String() cannot convert', () => {
+  const stackThrows = new Error('boom');
+  Object.defineProperty(stackThrows, 'stack', {
+    get() {
+      throw new Error('no stack');
+    },
+  });
+  const allThrow = new Error('boom');
+  for (const name of ['stack', 'message']) {
+    Object.defineProperty(allThrow, name, {
+      get() {
+        throw new Error(`no ${name}`);
+      },
+    });
+  }
+  const hostile = new Proxy(
+    {},
+    {
+      getPrototypeOf() {
+        throw new Error('no prototype');
+      },
+    },
+  );
+
+  it.each([
+    ['Object.create(null)', Object.create(null) as unknown],
+    [
+      'an object whose toString throws',
+      {
+        toString() {
+          throw new Error('no');
+        },
+      },
+    ],
+    ['an Error whose stack and message getters throw', allThrow],
+  ])('gives a placeholder for %s', (_, value) => {
+    expect(errorText(value)).toBe('non-printable thrown value (object)');
+  });
+
+  it('converts a Proxy whose getPrototypeOf trap throws (instanceof Error throws) with String()', () => {
+    expect(errorText(hostile)).toBe('[object Object]');
+  });
+
+  it('falls back to name and message when the stack getter throws', () => {
+    expect(errorText(stackThrows)).toBe('Error: boom');
+  });
+
+  it('stores a stack that is not a string as name and message', () => {
+    const error = new Error('odd');
+    Object.defineProperty(error, 'stack', { value: 42 });
+    expect(errorText(error)).toBe('Error: odd');
+  });
+});

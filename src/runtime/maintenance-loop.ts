@@ -1,0 +1,118 @@
+import type pg from 'pg';
+import { checkoutClient } from '../db/checkout.js';
+import { pgExecutor, type Executor } from '../db/executor.js';
+import type { OutboxEmitter } from '../events.js';
+import { runCleanupPass, type CleanupBounds } from '../maintenance.js';
+import type { ResolvedOptions } from '../options.js';
+import { Wakeup } from './wakeup.js';
+
+/**
+ * Statements per table in one pass of the loop (100,000 rows at CLEANUP_BATCH). A larger backlog is worked off in
+ * passes that follow each other at once; between them the loop logs its progress and looks at its relay again.
+ */
+const BATCHES_PER_PASS = 20;
+
+export interface MaintenanceLoop {
+  start(): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs fn on one pool connection under a statement_timeout of timeoutMs: a cleanup stuck behind a lock (a
+ * migration, a LOCK TABLE) fails after that and is retried, instead of holding the connection without bound. Each
+ * DELETE commits on its own; the session's previous timeout is put back before the connection returns to the pool,
+ * and a connection where that fails is destroyed instead.
+ */
+async function withStatementTimeout<T>(
+  pool: pg.Pool,
+  timeoutMs: number,
+  fn: (exec: Executor) => Promise<T>,
+): Promise<T> {
+  let broken = false;
+  const onError = () => {
+    broken = true;
+  };
+  const client = await checkoutClient(pool, onError);
+  try {
+    const { rows } = await client.query<{ previous: string }>(
+      `SELECT current_setting('statement_timeout') AS previous`,
+    );
+    await client.query(`SELECT set_config('statement_timeout', $1::int::text, false)`, [timeoutMs]);
+    try {
+      return await fn(pgExecutor(client));
+    } finally {
+      await client
+        .query(`SELECT set_config('statement_timeout', $1::text, false)`, [rows[0]?.previous ?? '0'])
+        .catch(() => {
+          broken = true;
+        });
+    }
+  } finally {
+    client.off('error', onError);
+    client.release(broken);
+  }
+}
+
+/**
+ * The cleanup (expired idempotency keys and dead letters), in a loop of its own next to the relay: it runs on pool
+ * connections, so a slow or failing pass neither delays a relay batch nor costs the relay its connection and lock.
+ * It works only while isLeader() (one process per schema cleans up) and runs a pass as soon as its relay leads,
+ * so processes restarted more often than maintenanceIntervalMs still clean up. A pass that ends with work left
+ * is followed by the next at once; otherwise the loop waits maintenanceIntervalMs.
+ */
+export function createMaintenanceLoop(
+  config: ResolvedOptions,
+  events: OutboxEmitter,
+  isLeader: () => boolean,
+): MaintenanceLoop {
+  const log = config.logger.child({ component: 'maintenance', schema: config.schema.name });
+  const { maintenanceIntervalMs, sessionTimeoutMs, standbyPollMs } = config.relay;
+  const wakeup = new Wakeup();
+  let running: Promise<void> | null = null;
+  let stopping = false;
+  const bounds: CleanupBounds = { maxBatches: BATCHES_PER_PASS, stop: () => stopping || !isLeader() };
+  // A failing cleanup is not urgent, and a lasting fault (a missing privilege) should not flood the log: retries
+  // double from 200 ms up to the interval.
+  const retryMs = (failures: number) => Math.min(maintenanceIntervalMs, 100 * 2 ** Math.min(failures, 20));
+
+  async function loop(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      if (!isLeader()) {
+        await wakeup.wait(standbyPollMs);
+        continue;
+      }
+      try {
+        const startedAt = Date.now();
+        const { more, ...result } = await withStatementTimeout(config.pool, sessionTimeoutMs, (exec) =>
+          runCleanupPass(exec, config.schema, config, bounds),
+        );
+        failures = 0;
+        if (result.processedKeysDeleted + result.deadLettersDeleted > 0) {
+          log.info({ ...result, more, durationMs: Date.now() - startedAt }, 'cleanup');
+        }
+        if (!more) await wakeup.wait(maintenanceIntervalMs);
+      } catch (error) {
+        failures += 1;
+        log.error({ err: error, failures }, 'cleanup failed');
+        events.emit('error', error, { component: 'maintenance' });
+        await wakeup.wait(retryMs(failures));
+      }
+    }
+  }
+
+  return {
+    start() {
+      if (running !== null) return;
+      stopping = false;
+      running = loop();
+    },
+    async stop() {
+      if (running === null) return;
+      stopping = true;
+      wakeup.nudge();
+      await running;
+      running = null;
+    },
+  };
+}
