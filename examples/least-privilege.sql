@@ -78,9 +78,12 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".deliveries TO :"app_role";
 GRANT INSERT ON :"schema".completed_deliveries TO :"app_role";
 
 -- dead_deliveries, the dead letters: a handler's last failure and a claim that gives up INSERT; deadLetters(),
--- status() and the ordered claim's blockKeyOnDead check read; replay() DELETEs (moving them back to deliveries).
--- Never updated.
+-- status() and the ordered claim's blockKeyOnDead check read; replay() DELETEs (moving them back to deliveries),
+-- and so does the cleanup of dead letters older than deadLetterRetentionMs. That cleanup locks them first with
+-- SELECT ... FOR UPDATE SKIP LOCKED (so it passes over a dead letter a replay is moving), which needs UPDATE on at
+-- least one column; pg-outbox never updates a dead letter, so UPDATE is granted on dead_at only.
 GRANT SELECT, INSERT, DELETE ON :"schema".dead_deliveries TO :"app_role";
+GRANT UPDATE (dead_at) ON :"schema".dead_deliveries TO :"app_role";
 
 -- cancellations: cancel() INSERTs; the relay and claims read.
 GRANT SELECT, INSERT ON :"schema".cancellations TO :"app_role";

@@ -13,6 +13,7 @@ import {
   trimPlan,
   type Code,
   type Profile,
+  type TimedRun,
 } from '../lib/relay-runs.js';
 import type { ScenarioReport } from '../lib/report.js';
 import { summarize } from '../lib/stats.js';
@@ -47,7 +48,7 @@ export async function relayBacklogScenario(ctx: BenchContext): Promise<ScenarioR
   }
   const pool = createPool(ctx.url, 4);
   const key = (code: Code, level: number) => `${code.label}/${level}`;
-  const rates = new Map<string, number[]>();
+  const runs = new Map<string, TimedRun[]>();
   const profiles = new Map<string, Profile>();
   let major = '?';
   try {
@@ -65,9 +66,9 @@ export async function relayBacklogScenario(ctx: BenchContext): Promise<ScenarioR
     for (let rep = 1; rep <= reps; rep++) {
       for (const level of levels) {
         for (const code of codes) {
-          const rate = await timedRelay(pool, code, level);
-          rates.set(key(code, level), [...(rates.get(key(code, level)) ?? []), rate]);
-          ctx.log(`relay-backlog rep ${rep} ${code.label} ${int(level)}: ${int(rate)} msg/s`);
+          const run = await timedRelay(pool, code, level);
+          runs.set(key(code, level), [...(runs.get(key(code, level)) ?? []), run]);
+          ctx.log(`relay-backlog rep ${rep} ${code.label} ${int(level)}: ${int(run.rate)} msg/s`);
         }
       }
     }
@@ -75,7 +76,7 @@ export async function relayBacklogScenario(ctx: BenchContext): Promise<ScenarioR
     for (const code of codes) await dropSchemas(pool, code.schema);
     await pool.end();
   }
-  return report({ major, reps, levels, codes, rates, profiles, key });
+  return report({ major, reps, levels, codes, runs, profiles, key });
 }
 
 function report(r: {
@@ -83,12 +84,14 @@ function report(r: {
   reps: number;
   levels: number[];
   codes: Code[];
-  rates: Map<string, number[]>;
+  runs: Map<string, TimedRun[]>;
   profiles: Map<string, Profile>;
   key: (code: Code, level: number) => string;
 }): ScenarioReport {
   const { major, reps, levels, codes, key } = r;
-  const rate = (c: Code, level: number) => summarize(r.rates.get(key(c, level)) ?? []);
+  const timed = (c: Code, level: number) => r.runs.get(key(c, level)) ?? [];
+  const rate = (c: Code, level: number) => summarize(timed(c, level).map((t) => t.rate));
+  const xids = (counts: number[]) => [...new Set(counts)].join(', ');
   const profile = (c: Code, level: number) => r.profiles.get(key(c, level));
   const low = levels[0] ?? 0;
   const high = levels.at(-1) ?? 0;
@@ -108,7 +111,8 @@ function report(r: {
         `${PER_TX} per transaction, while no relay ran; VACUUM ANALYZE messages (autovacuum is off on the shared ` +
         'server) and a CHECKPOINT. While migrate() takes the relay’s first position another session’s transaction ' +
         'is open, so that position’s snapshot lists one running xid, as a relay’s saved position on a server with ' +
-        'traffic nearly always does; it commits before the publishing.',
+        'traffic nearly always does; it commits before the publishing. A position that caught other sessions’ ' +
+        'transactions too is taken again, so that every run lists exactly one (column "xids at position").',
       'Timed: the real relay, from start() until its relay:batch events have counted every message and ' +
         'relay_state shows its window closed (then deliveries is checked to hold exactly N rows).',
       'Profile: the same statements the relay runs (BEGIN_RELAY_BATCH, readRelayWindow, relayBatch, COMMIT), ' +
@@ -125,11 +129,12 @@ function report(r: {
       {
         caption: 'Relay rate by messages waiting (timed, msg/s)',
         table: {
-          headers: ['relay', 'waiting', 'median', 'range', 'runs'],
+          headers: ['relay', 'waiting', 'median', 'range', 'runs', 'xids at position'],
           rows: perLevel((c, level) => [
             int(rate(c, level).median),
             range(rate(c, level).min, rate(c, level).max, int),
             rate(c, level).runs.map(int).join(', '),
+            xids(timed(c, level).map((t) => t.xids)),
           ]),
         },
       },
@@ -139,6 +144,7 @@ function report(r: {
           headers: [
             'relay',
             'waiting',
+            'xids',
             'msg/s',
             'relayBatch first',
             'middle',
@@ -155,6 +161,7 @@ function report(r: {
             const p = profile(c, level);
             if (p === undefined) return [];
             return [
+              String(p.xids),
               int(p.rate),
               ...p.statementMs.map(ms),
               ms(p.overheadMs),
@@ -166,15 +173,25 @@ function report(r: {
               int(p.counters.blocksRead),
             ];
           }),
-          textColumns: 1,
         },
       },
     ],
-    ratios: codes.map(
-      (c) =>
-        `${c.label}: ${int(low)} / ${int(high)} waiting = ${ratio(slowdown(c))} ` +
-        `(${int(rate(c, low).median)} vs ${int(rate(c, high).median)} msg/s)`,
-    ),
+    ratios: [
+      ...codes.map(
+        (c) =>
+          `${c.label}: ${int(low)} / ${int(high)} waiting = ${ratio(slowdown(c))} ` +
+          `(${int(rate(c, low).median)} vs ${int(rate(c, high).median)} msg/s)`,
+      ),
+      ...codes
+        .slice(1)
+        .flatMap((old) =>
+          levels.map(
+            (level) =>
+              `${current?.label ?? ''} / ${old.label} at ${int(level)} waiting = ` +
+              `${ratio(rate(codes[0] ?? old, level).median / rate(old, level).median)}`,
+          ),
+        ),
+    ],
     targets:
       current === undefined
         ? []

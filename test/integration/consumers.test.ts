@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createOutbox, discard, retryAfter, type Outbox } from '../../src/index.js';
+import { createOutbox, discard, retryAfter, type Outbox, type OutboxMessage } from '../../src/index.js';
+import { outlastLease } from '../helpers/leases.js';
 import { count, setupOutboxTest, testLogger, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 const states = async (t: OutboxTestContext, subscription: string) => {
@@ -186,9 +187,23 @@ describe('consumers', () => {
     await outbox.cancel(client, unborn.id);
     await client.query('COMMIT');
     client.release();
-    await waitFor('the undelayed one ran', () => handled.includes(now.id));
-    await new Promise((r) => setTimeout(r, 500));
-    expect(handled).toEqual([now.id]);
+    // A message due just after both cancelled ones, published after them: claims take due rows in available_at
+    // order and the relay fans out in publish order, so once it has been handled, every claim that could have
+    // handed out a cancelled delivery (or one made for the unborn message) has run.
+    const { rows } = await t.pool.query<{ due: Date }>(
+      'SELECT max(deliver_at) AS due FROM outbox.messages WHERE id = ANY ($1::bigint[])',
+      [[later.id, unborn.id]],
+    );
+    const due = (rows[0] as { due: Date }).due;
+    const after = await outbox.publish(
+      t.pool,
+      'cancel.test',
+      { close: 4 },
+      // A Date drops the microseconds: one millisecond more is strictly later.
+      { deliverAt: new Date(due.getTime() + 1) },
+    );
+    await waitFor('the message due after the cancelled ones ran', () => handled.includes(after.id));
+    expect(handled).toEqual([now.id, after.id]);
     expect(
       await count(t.pool, `SELECT count(*) AS n FROM outbox.deliveries WHERE message_id = $1`, [unborn.id]),
     ).toBe(0);
@@ -199,12 +214,14 @@ describe('consumers', () => {
     const a = t.outbox({ relay: { enabled: true } });
     const b = t.outbox({ relay: { enabled: false } });
     const options = { topics: ['long.test'], leaseMs: 300, pollIntervalMs: 50 };
-    let started = false;
+    const isMarker = (m: OutboxMessage) => (m.payload as { marker?: number }).marker !== undefined;
+    let slowDelivery: string | undefined;
     let aborted = false;
     let finish: () => void = () => undefined;
     const gate = new Promise<void>((resolve) => (finish = resolve));
-    a.subscribe('long', options, async (_m, ctx) => {
-      started = true;
+    a.subscribe('long', options, async (m, ctx) => {
+      if (isMarker(m)) return;
+      slowDelivery = m.deliveryId;
       await gate;
       aborted = ctx.signal.aborted;
     });
@@ -214,14 +231,24 @@ describe('consumers', () => {
     });
     await a.start();
     const { id } = await a.publish(t.pool, 'long.test', { slow: true });
-    await waitFor('the slow handler started', () => started);
+    const deliveryId = await waitFor('the slow handler started', () => slowDelivery);
     await b.start();
-    // Four leases long: without extension b would claim it after the first.
-    const until = Date.now() + 1200;
-    await waitFor('four leases passed', () => Date.now() >= until);
+    // Four leases long, by progress: each round waits until the lease end it started with has passed, then until a
+    // claim of a or b took a marker published after it; without extension that claim would have taken the slow
+    // delivery, due since its old lease end, first. The markers are quick for both consumers.
+    const rounds = await outlastLease(
+      t.pool,
+      deliveryId,
+      4,
+      async (round) => (await a.publish(t.pool, 'long.test', { marker: round })).id,
+    );
     finish();
-    await waitFor('acked', async () => (await states(t, 'long')).done === 1);
-    expect(seenByB).toEqual([]);
+    await waitFor('all acked', async () => (await states(t, 'long')).done === 5);
+    expect(rounds.map((r) => r.attempt)).toEqual([1, 1, 1, 1, 1]);
+    rounds.slice(1).forEach((r, i) => {
+      expect(r.leasedUntil.getTime()).toBeGreaterThan(rounds[i]?.leasedUntil.getTime() ?? Infinity);
+    });
+    expect(seenByB).not.toContain(id);
     expect(aborted).toBe(false);
     const { rows } = await t.pool.query<{ attempt: number }>(
       `SELECT attempt FROM outbox.message_deliveries WHERE message_id = $1`,
@@ -312,18 +339,31 @@ describe('consumers', () => {
         running.set(subscription, (running.get(subscription) ?? 1) - 1);
       }
     }) as typeof pool.query;
+    // The backlog is fanned out before the consumer starts, so its first claim fills its limit whatever the relay's
+    // pace: the claim after it is split. Both statements are sent in one synchronous step, so the wrapper above
+    // counts two at once however long each takes.
+    const relay = t.outbox({ consumers: false });
+    await relay.declareSubscription('split', { topics: ['split.test'] });
+    await relay.start();
+    const total = 2000;
+    for (let i = 0; i < total; i += 500) {
+      await relay.publishMany(
+        t.pool,
+        Array.from({ length: 500 }, (_, j) => ({ topic: 'split.test', payload: { n: i + j } })),
+      );
+    }
+    await waitFor(
+      'the backlog fanned out',
+      async () => (await states(t, 'split')).pending === total,
+      30_000,
+      50,
+    );
+    await relay.stop();
     const outbox = createOutboxOn(pool);
     const handled = new Map<string, number>();
     outbox.subscribe('split', { topics: ['split.test'], batchSize: 400, concurrency: 50 }, (m) => {
       handled.set(m.id, (handled.get(m.id) ?? 0) + 1);
     });
-    const total = 2000;
-    for (let i = 0; i < total; i += 500) {
-      await outbox.publishMany(
-        t.pool,
-        Array.from({ length: 500 }, (_, j) => ({ topic: 'split.test', payload: { n: i + j } })),
-      );
-    }
     await outbox.start();
     try {
       await waitFor(
@@ -362,5 +402,5 @@ describe('consumers', () => {
 });
 
 function createOutboxOn(pool: pg.Pool) {
-  return createOutbox({ pool, logger: testLogger, shutdownTimeoutMs: 2_000 });
+  return createOutbox({ pool, logger: testLogger, shutdownTimeoutMs: 2_000, relay: { enabled: false } });
 }

@@ -124,10 +124,23 @@ describe('ctx.once under a flood of duplicate deliveries', () => {
       for (let c = 0; c < n; c++) copies.push({ orderId, sortKey: orderId * 4 + rng() * 40 });
     }
     copies.sort((a, b) => a.sortKey - b.sortKey);
-    const messages: PublishInput[] = copies.map((c) => ({
+    const flood: PublishInput[] = copies.map((c) => ({
       topic: 'flood.order-paid',
       payload: { orderId: c.orderId },
     }));
+    // Copies of one order handled at the same moment by different consumers, by construction rather than by luck:
+    // the rendezvous order's copies are published alone before the flood, and each of its handlers waits, before
+    // ctx.once, until copies run in two consumers. A consumer holds at most batchSize (at most 10 here)
+    // deliveries, so one more copy than that reaches a second consumer while the first waits; its chunks hold
+    // nothing but these copies then, so no lock of another order keeps the second from arriving.
+    const RENDEZVOUS_ORDER = 1;
+    const rendezvous: PublishInput[] = Array.from({ length: 11 }, () => ({
+      topic: 'flood.order-paid',
+      payload: { orderId: RENDEZVOUS_ORDER },
+    }));
+    const messages = [...rendezvous, ...flood];
+    /** Consumers whose handler has started on a copy of the rendezvous order. */
+    const atRendezvous = new Set<number>();
 
     const runs = new Map<string, Run>();
     let handlerRuns = 0;
@@ -150,6 +163,10 @@ describe('ctx.once under a flood of duplicate deliveries', () => {
           const { orderId } = message.payload as { orderId: number };
           const start = performance.now();
           handlerRuns += 1;
+          if (orderId === RENDEZVOUS_ORDER) {
+            atRendezvous.add(i);
+            await waitFor('rendezvous copies running in two consumers', () => atRendezvous.size >= 2);
+          }
           try {
             const { duplicate } = await awardPoints('flood', message, ctx);
             if (duplicate) {
@@ -179,8 +196,10 @@ describe('ctx.once under a flood of duplicate deliveries', () => {
     await outboxes[0]?.declareSubscription('flood', { topics: ['flood.order-paid'] });
     const startedAt = performance.now();
     await Promise.all(outboxes.map((o) => o.start()));
-    for (let i = 0; i < messages.length; i += 500)
-      await outboxes[0]?.publishMany(t.pool, messages.slice(i, i + 500));
+    await outboxes[0]?.publishMany(t.pool, rendezvous);
+    await waitFor('rendezvous copies running in two consumers', () => atRendezvous.size >= 2);
+    for (let i = 0; i < flood.length; i += 500)
+      await outboxes[0]?.publishMany(t.pool, flood.slice(i, i + 500));
 
     await waitAllDone('flood', messages.length);
     const elapsedMs = Math.round(performance.now() - startedAt);
@@ -201,16 +220,20 @@ describe('ctx.once under a flood of duplicate deliveries', () => {
 
     const byOrder = new Map<number, Run[]>();
     for (const r of runs.values()) byOrder.set(r.orderId, [...(byOrder.get(r.orderId) ?? []), r]);
-    const overlapping = [...byOrder.values()].filter((rs) =>
-      rs.some((a) => rs.some((b) => a.instance !== b.instance && a.start < b.end && b.start < a.end)),
-    ).length;
+    const overlappingOrders = [...byOrder.entries()]
+      .filter(([, rs]) =>
+        rs.some((a) => rs.some((b) => a.instance !== b.instance && a.start < b.end && b.start < a.end)),
+      )
+      .map(([orderId]) => orderId);
+    const overlapping = overlappingOrders.length;
     const instancesUsed = new Set([...runs.values()].map((r) => r.instance)).size;
     console.log(
       `flood: ${ORDERS} orders, ${messages.length} deliveries, ${duplicates} duplicates suppressed, ` +
         `${overlapping} orders with copies handled concurrently by different consumers, ${instancesUsed} consumers used, ` +
         `${handlerRuns} handler runs, errors ${JSON.stringify(Object.fromEntries(errors))}, ${elapsedMs} ms`,
     );
-    expect(overlapping).toBeGreaterThan(0);
+    // The rendezvous copies that met ran from before the meeting to after it, in different consumers.
+    expect(overlappingOrders).toContain(RENDEZVOUS_ORDER);
   });
 
   it('awards once when a delivery fails after ctx.once and the retry runs ctx.once again', async () => {

@@ -26,6 +26,7 @@ const SCHEMA = 'lp_outbox';
 const EXPECTED_PRIVILEGES: Record<string, string[]> = {
   cancellations: ['SELECT', 'INSERT'],
   completed_deliveries: ['INSERT'],
+  // Plus UPDATE on the column dead_at only (for the dead-letter cleanup's FOR UPDATE SKIP LOCKED).
   dead_deliveries: ['SELECT', 'INSERT', 'DELETE'],
   dead_letters: [],
   deliveries: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
@@ -45,6 +46,11 @@ const EXPECTED_PRIVILEGES: Record<string, string[]> = {
 const TABLE_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'];
 const SEQUENCE_PRIVILEGES = ['USAGE', 'SELECT', 'UPDATE'];
 const AUDIT_VIEWS = ['dead_letters', 'message_deliveries', 'subscription_lag'];
+/** The app role's column-level grants, as columnGrants() lists them. */
+const columnGrantsOf = (role: string) => [
+  `dead_deliveries.dead_at: ${role} UPDATE`,
+  `processed.recorded_at: ${role} UPDATE`,
+];
 /** psql is optional: the tests apply the script by substitution, and also run it with psql when on PATH. */
 const HAS_PSQL = await promisify(execFile)('psql', ['--version']).then(
   () => true,
@@ -242,7 +248,7 @@ describe('least privilege', () => {
 
   it('holds exactly the documented privileges: messages append-only, completed_deliveries write-only, no sequences, no views', async () => {
     expect(await privilegeMatrix(roles.app, SCHEMA)).toEqual(EXPECTED_PRIVILEGES);
-    expect(await columnGrants(SCHEMA)).toEqual([`processed.recorded_at: ${roles.app} UPDATE`]);
+    expect(await columnGrants(SCHEMA)).toEqual(columnGrantsOf(roles.app));
   });
 
   it('publishes in the caller’s transaction, dedups and cancels; a rollback writes nothing', async () => {
@@ -389,8 +395,11 @@ describe('least privilege', () => {
     },
   );
 
-  it('runs once() in a transaction of its own and cleans up expired keys, on demand and in the relay', async () => {
-    const outbox = appOutbox({ relay: { maintenanceIntervalMs: 100 } });
+  it('runs once() in a transaction of its own and cleans up expired keys and dead letters, on demand and in the relay', async () => {
+    const outbox = appOutbox({
+      relay: { maintenanceIntervalMs: 100 },
+      deadLetterRetentionMs: 7 * 24 * 3_600_000,
+    });
     let runs = 0;
     const fn = () => Promise.resolve(++runs);
     expect(await outbox.once(appPool, 'lp-once', 'key-1', fn)).toEqual({ duplicate: false, result: 1 });
@@ -404,21 +413,41 @@ describe('least privilege', () => {
       client.release();
     }
 
-    const expired = (key: string) =>
+    const expiredKey = (key: string) =>
       owner.query(
         `INSERT INTO ${SCHEMA}.processed (scope, key, recorded_at) VALUES ('lp-old', $1, now() - interval '40 days')`,
         [key],
       );
-    await expired('on-demand');
-    expect(await outbox.cleanup()).toEqual({ processedKeysDeleted: 1 });
+    // Dead letters of a subscription of their own, written by the owner: one died 40 days ago (past the 7 days
+    // kept), one just now. Their ids lie far above any delivery id this file makes.
+    await outbox.declareSubscription('lp-dead-retention', { topics: ['lp.dead-retention'] });
+    let nextDeadId = 9_000_000_000;
+    const deadLetter = (age: string) =>
+      owner.query(
+        `INSERT INTO ${SCHEMA}.dead_deliveries (id, subscription_id, message_id, attempt, last_error, created_at, dead_at)
+         SELECT $1::bigint, s.id, 0, 1, 'boom', now() - $2::interval, now() - $2::interval
+         FROM ${SCHEMA}.subscriptions s WHERE s.name = 'lp-dead-retention'`,
+        [String(nextDeadId++), age],
+      );
+    const deadLetters = () =>
+      owner.query<{ id: string }>(
+        `SELECT x.id FROM ${SCHEMA}.dead_deliveries x JOIN ${SCHEMA}.subscriptions s ON s.id = x.subscription_id
+         WHERE s.name = 'lp-dead-retention' ORDER BY x.id`,
+      );
+    await expiredKey('on-demand');
+    await deadLetter('40 days');
+    await deadLetter('0 seconds');
+    expect(await outbox.cleanup()).toEqual({ processedKeysDeleted: 1, deadLettersDeleted: 1 });
+    expect((await deadLetters()).rows).toEqual([{ id: '9000000001' }]);
 
     await outbox.start();
-    await expired('by-the-relay');
-    await waitFor(
-      'the relay’s maintenance deleted the expired key',
-      async () =>
-        (await count(owner, `SELECT count(*) AS n FROM ${SCHEMA}.processed WHERE scope = 'lp-old'`)) === 0,
-    );
+    await expiredKey('by-the-relay');
+    await deadLetter('40 days');
+    await waitFor('the relay’s maintenance deleted the expired key and dead letter', async () => {
+      const keys = await count(owner, `SELECT count(*) AS n FROM ${SCHEMA}.processed WHERE scope = 'lp-old'`);
+      return keys === 0 && (await deadLetters()).rows.length === 1;
+    });
+    expect((await deadLetters()).rows).toEqual([{ id: '9000000001' }]);
     expect(await count(owner, `SELECT count(*) AS n FROM ${SCHEMA}.processed WHERE scope = 'lp-once'`)).toBe(
       2,
     );
@@ -451,6 +480,7 @@ describe('least privilege', () => {
     ['SELECT FROM completed_deliveries', `SELECT * FROM ${SCHEMA}.completed_deliveries`],
     ['DELETE FROM completed_deliveries', `DELETE FROM ${SCHEMA}.completed_deliveries`],
     ['UPDATE processed keys', `UPDATE ${SCHEMA}.processed SET key = key`],
+    ['UPDATE dead letters', `UPDATE ${SCHEMA}.dead_deliveries SET attempt = attempt`],
     ['DELETE FROM subscriptions', `DELETE FROM ${SCHEMA}.subscriptions`],
     ['SELECT FROM pg_outbox_migrations', `SELECT * FROM ${SCHEMA}.pg_outbox_migrations`],
     ['SELECT FROM an audit view', `SELECT * FROM ${SCHEMA}.message_deliveries`],
@@ -516,7 +546,7 @@ describe('least privilege', () => {
       expect(await privilegeMatrix(viaPsql.audit, schema)).toEqual(
         await privilegeMatrix(roles.audit, SCHEMA),
       );
-      expect(await columnGrants(schema)).toEqual([`processed.recorded_at: ${viaPsql.app} UPDATE`]);
+      expect(await columnGrants(schema)).toEqual(columnGrantsOf(viaPsql.app));
     },
   );
 });

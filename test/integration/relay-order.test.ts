@@ -1,7 +1,10 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Outbox } from '../../src/index.js';
-import { setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+import { pgExecutor } from '../../src/db/executor.js';
+import { schemaName } from '../../src/db/identifiers.js';
+import { discard, type Outbox } from '../../src/index.js';
+import { BEGIN_RELAY_BATCH, readRelayWindow } from '../../src/sql/relay.js';
+import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 /*
  * Per-key order follows causality: when message A of a key committed before message B of the same key was
@@ -73,5 +76,42 @@ describe('relay order', () => {
     // 60 messages in one window, relayed 4 at a time: 15 batches.
     const handled = await consume('causal-many', 'causal.many', keys.length, 4);
     for (const key of keys) expect(handled.get(key), key).toEqual(['paid', 'shipped']);
+  });
+
+  it('makes a replay that queues a dead letter anew wait for a relay batch in flight', async () => {
+    // Delivery ids of one key must appear in id order; a relay batch draws ids until it commits, so a replay that
+    // draws a new id for its dead letter waits for that commit (and holds the next batch off until its own).
+    const outbox = t.outbox({ relay: { pollIntervalMs: 5 } });
+    outbox.subscribe('replay-wait', { topics: ['replay.wait'], ordered: true }, () => {
+      throw discard('dead at once');
+    });
+    await outbox.start();
+    await outbox.publish(t.pool, 'replay.wait', {}, { key: 'k' });
+    await waitFor('the delivery is dead', async () => (await outbox.deadLetters('replay-wait')).length === 1);
+    await outbox.stop();
+    const batch = await t.pool.connect();
+    try {
+      await batch.query(BEGIN_RELAY_BATCH);
+      await readRelayWindow(pgExecutor(batch), schemaName('outbox'));
+      let replayed = false;
+      const replay = outbox.replay('replay-wait').then((r) => {
+        replayed = true;
+        return r;
+      });
+      await waitFor(
+        'the replay waits on the delivery-ids lock',
+        async () =>
+          (await count(
+            t.pool,
+            `SELECT count(*) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`,
+          )) === 1,
+      );
+      expect(replayed).toBe(false);
+      await batch.query('COMMIT');
+      expect(await replay).toEqual({ replayed: 1 });
+    } finally {
+      batch.release();
+    }
   });
 });
