@@ -63,7 +63,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA :"schema" FROM :"app_role";
 -- Nothing in pg-outbox updates or deletes a message, so neither is granted.
 GRANT SELECT, INSERT ON :"schema".messages TO :"app_role";
 
--- subscriptions: declareSubscription() and subscribe() + start() upsert (INSERT ... ON CONFLICT DO UPDATE);
+-- subscriptions: declareSubscription() and subscribe() + start() lock the row (SELECT ... FOR UPDATE), then insert
+-- (ON CONFLICT DO NOTHING) or update it;
 -- the relay and admin calls read. Subscriptions are never deleted by pg-outbox.
 GRANT SELECT, INSERT, UPDATE ON :"schema".subscriptions TO :"app_role";
 
@@ -102,8 +103,9 @@ GRANT SELECT, UPDATE ON :"schema".relay_state TO :"app_role";
 -- * sequences: the id columns are identity columns, whose values an INSERT draws without sequence privileges;
 -- * pg_outbox_migrations: only migrate() reads or writes it, and migrate() runs as the owner;
 -- * the views (message_deliveries, dead_letters, subscription_lag): the service reads the tables directly;
--- * functions and locks: pg_notify, LISTEN, advisory locks (one relay per schema), pg_current_snapshot() and
---   pg_current_xact_id() are open to every role.
+-- * functions and locks: pg_notify, LISTEN, advisory locks (one relay per schema; a relay batch against replay),
+--   pg_current_snapshot(), pg_current_xact_id() and pg_control_system() (the relay checks which cluster it runs in)
+--   are open to every role.
 
 -- 3. Optional: the read-only audit role, through the documented views only. The views run with their owner's
 -- privileges, so SELECT on them is enough: the role can read no table directly and write nothing. dead_letters

@@ -5,32 +5,52 @@
 
 -- The relay's window (done_snapshot, target_snapshot] is now relayed in message id order (a message that
 -- committed before another was inserted has the lower id, so per-key order follows causality), with window_after_id
--- the last id relayed inside an open window. done_max_id bounds the messages visible in done_snapshot: every
--- message of a transaction that started after done has a higher id, so the relay's range scan starts there;
--- target_max_id is the same bound for target_snapshot (the highest id visible in it). 0 is always a safe lower
--- bound; when no window is open the highest message id that has a delivery is a tight one (every delivered message
--- was visible in done). A window left open by an earlier version keeps position_tx/position_id, which the relay
--- honours until that window closes; its target_max_id stays NULL (no upper bound).
+-- the last id relayed inside an open window. See src/sql/relay.ts for how done_max_id, done_xid_bound and
+-- target_max_id bound its scans. done_xid_bound is only trusted while done_xid_bound_xmax matches done_snapshot's
+-- xmax; NULL (as after this migration) makes the relay probe every xid from done's xmax up to the target's, which is
+-- correct for any done_max_id, so the highest message id that has a delivery serves as one. A window left open by
+-- an earlier version keeps position_tx/position_id, which the relay honours until that window closes; its
+-- target_max_id stays NULL (no upper bound).
 -- system_identifier is the cluster the position belongs to: snapshots and xids mean nothing in another cluster
 -- (pg_dump/restore, a logical-replication cut-over), and the relay refuses to run when it changed.
 ALTER TABLE relay_state
   ADD COLUMN done_max_id bigint NOT NULL DEFAULT 0,
   ADD COLUMN target_max_id bigint,
   ADD COLUMN window_after_id bigint NOT NULL DEFAULT 0,
+  ADD COLUMN done_xid_bound xid8,
+  ADD COLUMN done_xid_bound_xmax xid8,
   ADD COLUMN system_identifier bigint;
 UPDATE relay_state
-SET done_max_id = CASE WHEN target_snapshot IS NULL
-                       THEN greatest(
-                              coalesce((SELECT max(message_id) FROM deliveries), 0),
-                              coalesce((SELECT max(message_id) FROM completed_deliveries), 0))
-                       ELSE 0 END,
+SET done_max_id = greatest(
+      coalesce((SELECT max(message_id) FROM deliveries), 0),
+      coalesce((SELECT max(message_id) FROM completed_deliveries), 0)),
     system_identifier = (SELECT system_identifier FROM pg_control_system());
+
+-- A message's transaction id is taken before its id: the identity default (id) is computed before tx_id's, so the
+-- first message of a transaction could otherwise draw its id before the transaction has an xid, and a relay
+-- snapshot taken in between would see an xid "from after the snapshot" on a message whose id is from before it.
+-- The relay's scans rely on "xid assigned after a snapshot => id above every id visible in it". A statement-level
+-- trigger's WHEN clause runs before any row of the statement is formed: evaluating pg_current_xact_id() there
+-- assigns the xid, and the clause is false, so the function never runs (no cost beyond that call per statement).
+CREATE FUNCTION messages_xid_first() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER messages_xid_first
+BEFORE INSERT ON messages
+FOR EACH STATEMENT
+WHEN (pg_current_xact_id() IS NULL)
+EXECUTE FUNCTION messages_xid_first();
 
 -- tx_id is the relay's cursor: a row that names another value may count as relayed before it was. Whoever
 -- inserts, the column holds the inserting transaction's id. The WHEN clause is evaluated without calling the
--- function, so a normal insert (which takes the default) pays one comparison. A restore (COPY) rewrites the
--- restored rows' tx_id to the restoring transaction's, which is harmless: after a restore the relay refuses to run
--- until its position is reset (resetRelay), and the reset goes by deliveries, not by tx_id.
+-- function, so a normal insert (which takes the default) pays one comparison. pg_dump creates triggers after it has
+-- loaded the data, so restored rows keep the tx_id of the old cluster; after a restore the relay refuses to run until
+-- its position is reset (resetRelay), which goes by deliveries, not by tx_id.
 CREATE FUNCTION messages_set_tx_id() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog
@@ -167,6 +187,14 @@ JOIN subscriptions s ON s.id = x.subscription_id
 LEFT JOIN messages m ON m.id = x.message_id;
 
 -- Down Migration
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM relay_state WHERE target_snapshot IS NOT NULL) THEN
+    RAISE EXCEPTION 'the relay has a window open that the previous version cannot resume: let the relay catch up '
+      '(relay_state.target_snapshot IS NULL), stop it, then migrate down';
+  END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS deliveries_dead_idx ON deliveries (subscription_id, id) WHERE state = 'dead';
 CREATE OR REPLACE VIEW dead_letters AS
 SELECT
@@ -239,8 +267,12 @@ ALTER TABLE completed_deliveries DROP COLUMN IF EXISTS outcome;
 DROP TABLE IF EXISTS dead_deliveries;
 DROP TRIGGER IF EXISTS messages_tx_id ON messages;
 DROP FUNCTION IF EXISTS messages_set_tx_id();
+DROP TRIGGER IF EXISTS messages_xid_first ON messages;
+DROP FUNCTION IF EXISTS messages_xid_first();
 ALTER TABLE relay_state
   DROP COLUMN IF EXISTS system_identifier,
   DROP COLUMN IF EXISTS window_after_id,
+  DROP COLUMN IF EXISTS done_xid_bound,
+  DROP COLUMN IF EXISTS done_xid_bound_xmax,
   DROP COLUMN IF EXISTS target_max_id,
   DROP COLUMN IF EXISTS done_max_id;

@@ -47,7 +47,13 @@ export function declareSubscription(
     for (let tries = 1; ; tries++) {
       const declared = await declareOnce(exec, schema, name, request, by);
       if (declared !== null) return declared;
-      if (tries >= MAX_TRIES) throw new Error(`subscription "${name}" kept vanishing while being declared`);
+      if (tries >= MAX_TRIES) {
+        throw new OutboxError(
+          'OUTBOX_SUBSCRIPTION_CONFLICT',
+          `Subscription "${name}" kept being created and removed by other sessions while this declaration ran; retry it`,
+          { value: name },
+        );
+      }
     }
   });
 }

@@ -204,7 +204,26 @@ function report(r: {
                 `${ratio(slowdown(current))}`,
             },
           ],
-    notes: [],
+    notes: [
+      'Reproduce: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test BENCH_RELAY_BASELINE=/tmp/old npm run ' +
+        'bench:relay-backlog` (the shared PostgreSQL 15) and `BENCH_POSTGRES=embedded BENCH_RELAY_BASELINE=/tmp/old ' +
+        'npm run bench:relay-backlog` (embedded PostgreSQL 18), where /tmp/old is a checkout of the previous commit ' +
+        '(`git worktree add /tmp/old be7412e`, node_modules linked). Without BENCH_RELAY_BASELINE only the new ' +
+        'relay runs.',
+      ...(codes.length > 1
+        ? [
+            'Why the old relay slowed down with the backlog: it probes the xids listed in its position with ' +
+              '`tx_id = ANY (xip) AND (tx_id, id) > (position)` on messages_tx_id_idx. On PostgreSQL 15 that scan ' +
+              'starts at the xid and reads every index entry up to the position before the row comparison holds, ' +
+              'for each listed xid, in every batch: the work per batch grows with how far the window has got ' +
+              '(Buffers of that node in the old plan), so the cost per message grows with the backlog and with the ' +
+              'number of listed xids (here fixed at one; a busy server lists more). PostgreSQL 18 ends that scan at ' +
+              'once (Index Searches: 1). The new relay probes each listed xid with `tx_id = xid AND id > afterId AND ' +
+              'id <= done_max_id` (a bounded range of the same index) and walks the window through the primary key ' +
+              'from afterId, so its batch reads the same few pages anywhere in the window.',
+          ]
+        : []),
+    ],
     blocks: codes.map((c) => ({
       caption:
         `EXPLAIN (ANALYZE, BUFFERS) of the ${c.label}'s next batch in the middle of the ${int(high)} window ` +

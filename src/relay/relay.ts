@@ -23,8 +23,10 @@ import { isUniqueViolation } from '../db/pg-errors.js';
  * above the last id" skips a lower id that commits late. We follow PgQ instead: each message stores its
  * transaction id (xid8), and the relay remembers a snapshot `done` such that every message visible in it has been
  * fanned out. A batch is every message visible in a fresh snapshot `target` but not in `done`. Such a message's
- * transaction either was running at `done` (its xid is in done's xip list: probed by equality) or started after
- * it (xid >= done's xmax: one range scan). Rows of rolled-back transactions are never visible, and an unrelated
+ * transaction either was running at `done` (probed by xid: done's xip list, and the xids from done's xmax up to a
+ * bound taken after it) or got its xid after it, and then its id is above every id visible in done (one primary-key
+ * range scan): see relayBatch in sql/relay.ts, which walks the window in id order. Rows of rolled-back transactions
+ * are never visible, and an unrelated
  * long-running transaction only adds its xid to the probe list: it delays nothing that has committed. Unlike an
  * xid8 cursor below pg_snapshot_xmin (watermill-sql), nothing waits for the oldest open transaction; unlike
  * claim-and-mark, the messages table is append-only (no UPDATE per message, no dead tuples).

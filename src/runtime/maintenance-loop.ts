@@ -1,3 +1,4 @@
+import { selectStatementTimeout, setStatementTimeout } from '../sql/session.js';
 import type pg from 'pg';
 import { checkoutClient } from '../db/checkout.js';
 import { pgExecutor, type Executor } from '../db/executor.js';
@@ -33,19 +34,16 @@ async function withStatementTimeout<T>(
     broken = true;
   };
   const client = await checkoutClient(pool, onError);
+  const exec = pgExecutor(client);
   try {
-    const { rows } = await client.query<{ previous: string }>(
-      `SELECT current_setting('statement_timeout') AS previous`,
-    );
-    await client.query(`SELECT set_config('statement_timeout', $1::int::text, false)`, [timeoutMs]);
+    const previous = await selectStatementTimeout(exec);
+    await setStatementTimeout(exec, timeoutMs);
     try {
-      return await fn(pgExecutor(client));
+      return await fn(exec);
     } finally {
-      await client
-        .query(`SELECT set_config('statement_timeout', $1::text, false)`, [rows[0]?.previous ?? '0'])
-        .catch(() => {
-          broken = true;
-        });
+      await setStatementTimeout(exec, previous).catch(() => {
+        broken = true;
+      });
     }
   } finally {
     client.off('error', onError);

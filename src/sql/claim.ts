@@ -64,6 +64,8 @@ export async function claimDeliveries(
              WHERE e.subscription_id = q.subscription_id
                AND e.ordered_key = q.ordered_key
                AND e.id < q.id
+               -- A process of an earlier version may still mark rows dead or cancelled in place.
+               AND e.state = 'pending'
            )
            AND NOT EXISTS (
              SELECT 1

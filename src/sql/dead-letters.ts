@@ -43,14 +43,16 @@ export async function selectDeadLetters(
  * - Unordered (ordered_key NULL): nothing depends on the id; it keeps its delivery id.
  * - Ordered with block_key_on_dead: the dead letter stopped its key, so nothing after it was started. It keeps its
  *   id (OVERRIDING SYSTEM VALUE) and runs first again; the deliveries behind it wait for it as before it died.
+ *   Unless a later delivery of its key has been handed out (attempt > 0: block_key_on_dead was switched on after
+ *   the key had moved on): then it is treated as below.
  * - Ordered without block_key_on_dead: the key has moved past the dead letter, and later deliveries of the key
  *   may be running now. Back under its old id it would be an earlier pending row that nothing earlier blocks, so
  *   the claim would hand it out beside the running successor: two of the key at once, and the successor's own
  *   check would already have passed. So it takes a new id from the identity sequence and queues after everything
  *   of its key; the claim's rule then keeps the key one at a time, because a key's rows appear in deliveries in
  *   id order: the relay writes them in order, one batch at a time, and the new id is higher than every id
- *   committed before it. (A relay batch that drew a lower id for the key and commits after this replay would be
- *   the exception; the window is that batch's commit.) Several replayed together keep their order among
+ *   committed before it (a relay batch in flight commits first: the caller holds the delivery-ids lock, see
+ *   sql/locks.ts). Several replayed together keep their order among
  *   themselves: the INSERT draws the ids in old-id order.
  * Each move is a DELETE and an INSERT in one statement: every snapshot sees the delivery in exactly one of the
  * tables, so a claim never sees a key's dead letter missing from both (with block_key_on_dead, the successor
@@ -74,21 +76,36 @@ export async function requeueDeadLetters(
        FROM ${s.quoted}.subscriptions
        WHERE id = $1::int
      ),
+     -- Whether each keeps its id (see above). The probe of later started deliveries of its key goes through
+     -- deliveries_ordered_key_idx, once per replayed ordered dead letter.
+     decided AS MATERIALIZED (
+       SELECT m.*,
+              m.ordered_key IS NULL
+              OR (sub.block_key_on_dead AND NOT EXISTS (
+                    SELECT 1
+                    FROM ${s.quoted}.deliveries d
+                    WHERE d.subscription_id = m.subscription_id
+                      AND d.ordered_key = m.ordered_key
+                      AND d.id > m.id
+                      AND d.attempt > 0
+                  )) AS keep
+       FROM moved m, sub
+     ),
      kept AS (
        INSERT INTO ${s.quoted}.deliveries
          (id, subscription_id, message_id, key, ordered_key, attempt, available_at, last_error, created_at)
        OVERRIDING SYSTEM VALUE
        SELECT m.id, m.subscription_id, m.message_id, m.key, m.ordered_key, 0, now(), m.last_error, m.created_at
-       FROM moved m, sub
-       WHERE m.ordered_key IS NULL OR sub.block_key_on_dead
+       FROM decided m
+       WHERE m.keep
        RETURNING id
      ),
      renumbered AS (
        INSERT INTO ${s.quoted}.deliveries
          (subscription_id, message_id, key, ordered_key, attempt, available_at, last_error, created_at)
        SELECT m.subscription_id, m.message_id, m.key, m.ordered_key, 0, now(), m.last_error, m.created_at
-       FROM moved m, sub
-       WHERE m.ordered_key IS NOT NULL AND NOT sub.block_key_on_dead
+       FROM decided m
+       WHERE NOT m.keep
        ORDER BY m.id
        RETURNING id
      )

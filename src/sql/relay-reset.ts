@@ -74,6 +74,9 @@ export async function fanOutUndeliveredAndReset(
            target_snapshot = NULL,
            target_max_id = NULL,
            window_after_id = 0,
+           -- This transaction's xid may predate the snapshot (lockRelayState): no bound, the next window probes all.
+           done_xid_bound = NULL,
+           done_xid_bound_xmax = NULL,
            position_tx = NULL,
            position_id = NULL,
            system_identifier = (SELECT system_identifier FROM pg_control_system()),

@@ -8,8 +8,13 @@ export interface RelayWindow {
   doneXip: string[];
   /** done_snapshot as text. */
   done: string;
-  /** Every message of a transaction that started after done has a higher id. */
+  /** The highest message id visible in done (see relayBatch for what it bounds). */
   doneMaxId: string;
+  /**
+   * An xid assigned after done was taken: every message of a transaction whose xid is this or higher has an id
+   * above doneMaxId. Null when unknown (after a migration or a reset): then target's xmax serves.
+   */
+  doneXidBound: string | null;
   /** The snapshot that bounds this window, as text. */
   target: string;
   /** The highest message id visible in target; null for a window opened by an earlier version (no bound). */
@@ -49,6 +54,7 @@ interface RelayStateRow {
   doneXip: string[];
   done: string;
   doneMaxId: string;
+  doneXidBound: string | null;
   target: string;
   targetMaxId: string | null;
   afterId: string;
@@ -75,12 +81,18 @@ export async function readRelayWindow(exec: Executor, s: SchemaName): Promise<Re
        ARRAY(SELECT pg_snapshot_xip(done_snapshot))::text[] AS "doneXip",
        done_snapshot::text AS done,
        done_max_id::text AS "doneMaxId",
+       -- Only the bound that the closing batch wrote with this done snapshot (an earlier version moves done alone).
+       CASE WHEN done_xid_bound_xmax = pg_snapshot_xmax(done_snapshot) THEN done_xid_bound END::text
+         AS "doneXidBound",
        coalesce(target_snapshot, pg_current_snapshot())::text AS target,
        CASE WHEN target_snapshot IS NULL
             THEN (SELECT coalesce(max(id), 0) FROM ${s.quoted}.messages)
+            -- A window an earlier version opened has no bound of its own (target_max_id may be a stale one).
+            WHEN position_tx IS NOT NULL THEN NULL
             ELSE target_max_id
        END::text AS "targetMaxId",
-       window_after_id::text AS "afterId",
+       -- An earlier version closes windows without resetting window_after_id.
+       CASE WHEN target_snapshot IS NULL THEN 0 ELSE window_after_id END::text AS "afterId",
        position_tx::text AS "legacyTx",
        position_id::text AS "legacyId",
        version::text AS version,
@@ -102,6 +114,7 @@ export async function readRelayWindow(exec: Executor, s: SchemaName): Promise<Re
     doneXip: row.doneXip,
     done: row.done,
     doneMaxId: row.doneMaxId,
+    doneXidBound: row.doneXidBound,
     target: row.target,
     targetMaxId: row.targetMaxId,
     afterId: row.afterId,
@@ -135,13 +148,19 @@ export interface RelayBatchResult {
  * not commit or xid order, because it is causal: a message that committed before another was inserted got the
  * lower id, so per-key order holds for ordered subscriptions however the window is cut into batches (and across
  * windows: a message that committed before another was inserted is visible in every snapshot that shows the
- * other). Two bounded scans find the batch, each at most `limit` rows:
- * - transactions that were running at done (done's xip list; their rows may have committed since): per xid, an
- *   ordered range of messages_tx_id_idx (tx_id, id), for ids up to done_max_id;
- * - everything above done_max_id up to target's highest id: an ordered range of the primary key, filtered by
- *   visibility. Nothing below done_max_id is read again, so a long-running transaction elsewhere costs one probe
- *   per batch, and each batch costs the same however large the backlog (the scan starts at afterId).
- * Rows of transactions running at target, or rolled back, fail the visibility filter: never relayed here.
+ * other). Three bounded scans find the batch, each at most `limit` rows, split by id at done_max_id (the highest id
+ * visible in done):
+ * - above done_max_id up to target's highest id: an ordered range of the primary key, filtered by visibility. Each
+ *   batch starts at afterId, so it costs the same however large the backlog.
+ * - at or below it, the rows of transactions that were running at done. A snapshot lists those below its xmax
+ *   (xip: per xid, an ordered range of messages_tx_id_idx); those at or above xmax (xmax is the latest completed
+ *   xid + 1, so transactions that began after the last commit are not listed) lie between done's xmax and
+ *   done_xid_bound, an xid the relay took after done (one range of messages_tx_id_idx). A message whose xid is
+ *   assigned after done has an id above done_max_id, because the messages_xid_first trigger takes the xid before
+ *   the id is drawn; so nothing else can hide below done_max_id. Unknown bound: up to target's xmax (the whole
+ *   window's xids: slower, once).
+ * Nothing below done_max_id is read again otherwise, so a long-running transaction elsewhere costs one probe per
+ * batch. Rows of transactions running at target, or rolled back, fail the visibility filter: never relayed here.
  *
  * When the batch is smaller than the limit the window is finished: done := target. Otherwise afterId moves to the
  * batch's last id and the same target is kept for the next batch. An empty batch writes nothing, unless it closes
@@ -162,7 +181,7 @@ export async function relayBatch(
   limit: number,
 ): Promise<RelayBatchResult> {
   // A window that an earlier version left open was walked in (tx_id, id) order: skip what it relayed already.
-  const legacy = w.legacyPosition === null ? '' : `AND (m.tx_id, m.id) > ($10::xid8, $11::bigint)`;
+  const legacy = w.legacyPosition === null ? '' : `AND (m.tx_id, m.id) > ($11::xid8, $12::bigint)`;
   const params: unknown[] = [
     w.doneXip,
     w.done,
@@ -173,6 +192,7 @@ export async function relayBatch(
     limit,
     w.version,
     s.channel,
+    w.doneXidBound,
   ];
   if (w.legacyPosition !== null) params.push(w.legacyPosition.tx, w.legacyPosition.id);
   params.push(w.windowOpen);
@@ -194,6 +214,17 @@ export async function relayBatch(
             LIMIT $7::int
           ) xm
           WHERE pg_visible_in_snapshot(x.tx, $3::pg_snapshot))
+         UNION ALL
+         (SELECT m.id, m.topic, m.key, m.deliver_at, m.created_at
+          FROM ${s.quoted}.messages m
+          WHERE m.tx_id >= pg_snapshot_xmax($2::pg_snapshot)
+            AND m.tx_id < coalesce($10::xid8, pg_snapshot_xmax($3::pg_snapshot))
+            AND m.id > $4::bigint
+            AND m.id <= $5::bigint
+            AND pg_visible_in_snapshot(m.tx_id, $3::pg_snapshot)
+            ${legacy}
+          ORDER BY m.id
+          LIMIT $7::int)
          UNION ALL
          (SELECT m.id, m.topic, m.key, m.deliver_at, m.created_at
           FROM ${s.quoted}.messages m
@@ -237,6 +268,10 @@ export async function relayBatch(
        UPDATE ${s.quoted}.relay_state
        SET done_snapshot = CASE WHEN c.window_done THEN $3::pg_snapshot ELSE done_snapshot END,
            done_max_id = CASE WHEN c.window_done THEN coalesce($6::bigint, done_max_id) ELSE done_max_id END,
+           -- This transaction's xid is assigned in this statement, after target was taken: a bound for it.
+           done_xid_bound = CASE WHEN c.window_done THEN pg_current_xact_id() ELSE done_xid_bound END,
+           done_xid_bound_xmax = CASE WHEN c.window_done THEN pg_snapshot_xmax($3::pg_snapshot)
+                                      ELSE done_xid_bound_xmax END,
            target_snapshot = CASE WHEN c.window_done THEN NULL ELSE $3::pg_snapshot END,
            target_max_id = CASE WHEN c.window_done THEN NULL ELSE $6::bigint END,
            window_after_id = CASE WHEN c.window_done THEN 0 ELSE c.last_id END,
@@ -287,6 +322,14 @@ export async function selectRelayBacklog(
        SELECT m.created_at
        FROM ${s.quoted}.messages m
        WHERE m.tx_id = ANY (ARRAY(SELECT pg_snapshot_xip(r.done_snapshot)))
+         AND m.id <= r.done_max_id
+       UNION ALL
+       SELECT m.created_at
+       FROM ${s.quoted}.messages m
+       WHERE m.tx_id >= pg_snapshot_xmax(r.done_snapshot)
+         AND m.tx_id < coalesce(
+               CASE WHEN r.done_xid_bound_xmax = pg_snapshot_xmax(r.done_snapshot) THEN r.done_xid_bound END,
+               pg_snapshot_xmax(pg_current_snapshot()))
          AND m.id <= r.done_max_id
      ) w`,
   );

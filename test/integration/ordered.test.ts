@@ -191,34 +191,43 @@ describe('ordered subscriptions', () => {
     await waitFor(`${label} handled`, () => state.done.includes(label));
   }
 
-  it('replays the dead head of an ordered key while its successor runs without running two of the key at once', async () => {
-    const name = 'replay-skip';
-    const topic = 'replay-skip.test';
-    const outbox = t.outbox();
-    const state = orderedScenario(outbox, name, topic, false);
-    await outbox.declareSubscription(name, { topics: [topic], ordered: true });
-    await outbox.start();
-    await publishHeadAndSuccessor(outbox, topic);
-    const [letter] = await waitFor('H is a dead letter', async () => {
-      const letters = await outbox.deadLetters(name);
-      return letters.length === 1 ? letters : undefined;
-    });
-    await waitFor('S runs: the key moved past its dead head', () => state.started.includes('S'));
+  it.each([
+    ['', false],
+    [', also when blockKeyOnDead is switched on before the replay', true],
+  ])(
+    'replays the dead head of an ordered key while its successor runs without running two of the key at once%s',
+    async (_, switchOn) => {
+      const name = switchOn ? 'replay-switch' : 'replay-skip';
+      const topic = `${name}.test`;
+      const outbox = t.outbox();
+      const state = orderedScenario(outbox, name, topic, false);
+      await outbox.declareSubscription(name, { topics: [topic], ordered: true });
+      await outbox.start();
+      await publishHeadAndSuccessor(outbox, topic);
+      const [letter] = await waitFor('H is a dead letter', async () => {
+        const letters = await outbox.deadLetters(name);
+        return letters.length === 1 ? letters : undefined;
+      });
+      await waitFor('S runs: the key moved past its dead head', () => state.started.includes('S'));
+      if (switchOn) {
+        await outbox.declareSubscription(name, { topics: [topic], ordered: true, blockKeyOnDead: true });
+      }
 
-    expect(await outbox.replay(name)).toEqual({ replayed: 1 });
-    await claimsCaughtUp(outbox, topic, state, 'M');
-    expect(state.started).toEqual(['H', 'S', 'M']);
+      expect(await outbox.replay(name)).toEqual({ replayed: 1 });
+      await claimsCaughtUp(outbox, topic, state, 'M');
+      expect(state.started).toEqual(['H', 'S', 'M']);
 
-    state.releaseS();
-    await waitFor('H handled after S', () => state.done.includes('H'));
-    expect(state.done).toEqual(['M', 'S', 'H']);
-    expect(state.mostAtOnce).toBe(1);
-    // It queued after everything of its key under a new delivery id.
-    expect(state.deliveryIds).toHaveLength(1);
-    expect(BigInt(state.deliveryIds[0] ?? '0')).toBeGreaterThan(BigInt(letter?.deliveryId ?? '0'));
-    expect(await outbox.deadLetters(name)).toEqual([]);
-    await outbox.stop();
-  });
+      state.releaseS();
+      await waitFor('H handled after S', () => state.done.includes('H'));
+      expect(state.done).toEqual(['M', 'S', 'H']);
+      expect(state.mostAtOnce).toBe(1);
+      // It queued after everything of its key under a new delivery id.
+      expect(state.deliveryIds).toHaveLength(1);
+      expect(BigInt(state.deliveryIds[0] ?? '0')).toBeGreaterThan(BigInt(letter?.deliveryId ?? '0'));
+      expect(await outbox.deadLetters(name)).toEqual([]);
+      await outbox.stop();
+    },
+  );
 
   it('replays the dead head of a key that blocks on dead letters first, under its own delivery id', async () => {
     const name = 'replay-block';

@@ -71,6 +71,48 @@ describe('relay position', () => {
     await Promise.all(outboxes.map((o) => o.stop()));
   });
 
+  it('relays a message of a transaction that was running at the last window but not in its in-progress list', async () => {
+    // A snapshot lists running transactions only below its xmax (the latest completed xid + 1). On a cluster of its
+    // own, so that nothing else completes a transaction in between: P1 takes an xid, P2 takes a higher one and
+    // publishes first (the lower message id), P1 publishes and commits. A window closed now has P1's message as its
+    // highest id and P2 running at its xmax, unlisted.
+    const own = await startEmbeddedPostgres();
+    const pool = new pg.Pool({ connectionString: own.url, max: 4 });
+    // pool.end() resolves before its sockets close; stopping the server right after ends them, as expected.
+    pool.on('error', () => undefined);
+    try {
+      const outbox = createOutbox({ pool, logger: testLogger, relay: { pollIntervalMs: 5 } });
+      await outbox.migrate();
+      await outbox.declareSubscription('running', { topics: ['running.test'] });
+      const [p1, p2] = [await pool.connect(), await pool.connect()];
+      try {
+        for (const c of [p1, p2]) {
+          await c.query('BEGIN');
+          await c.query('SELECT pg_current_xact_id()');
+        }
+        const late = await outbox.publish(p2, 'running.test', { p: 2 });
+        const early = await outbox.publish(p1, 'running.test', { p: 1 });
+        await p1.query('COMMIT');
+        await outbox.start();
+        const delivered = (id: string) =>
+          count(pool, 'SELECT count(*) AS n FROM outbox.deliveries WHERE message_id = $1', [id]);
+        await waitFor('the committed message relayed', async () => (await delivered(early.id)) === 1);
+        await p2.query('COMMIT');
+        await waitFor(
+          'the message of the transaction still running then relayed',
+          async () => (await delivered(late.id)) === 1,
+        );
+        await outbox.stop();
+      } finally {
+        p1.release();
+        p2.release();
+      }
+    } finally {
+      await pool.end();
+      await own.stop();
+    }
+  });
+
   it('finishes a window that an earlier version left open, without relaying its first part again', async () => {
     const outbox = t.outbox({ relay: { enabled: false } });
     await outbox.declareSubscription('legacy', { topics: ['legacy.test'] });
