@@ -56,13 +56,13 @@ describe('an active relay whose connection goes silent without closing (half-ope
     const tookMs = Date.now() - cutAt;
 
     // The silent query times out on the client (about when the server ends the session); the relay lock belongs
-    // to a live session.
+    // to a live session. (The relay lock's class only: a relay batch also holds a shared lock of another class.)
     await waitFor('the first relay gave up its silent connection', () =>
       errors.some((e) => e.startsWith('relay:')),
     );
     const { rows } = await t.pool.query<{ state: string | null }>(
       `SELECT a.state FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-       WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()`,
+       WHERE l.locktype = 'advisory' AND l.classid = 1870000001 AND l.granted AND a.datname = current_database()`,
     );
     expect(rows).toHaveLength(1);
     console.info(
