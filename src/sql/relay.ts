@@ -299,39 +299,3 @@ export async function relayBatch(
     stateWritten: (messages === 0 && !w.windowOpen) || row?.written === '1',
   };
 }
-
-/**
- * Committed messages not fanned out yet, and the age of the oldest: the relay's backlog and lag. Reads only what the
- * relay has still to read (above done_max_id through the primary key, and the rows of transactions that were running
- * at done), so its cost is the backlog's, not the history's.
- */
-export async function selectRelayBacklog(
-  exec: Executor,
-  s: SchemaName,
-): Promise<{ backlog: number; lagMs: number }> {
-  const rows = await exec.query<{ backlog: string; lag_ms: string | null }>(
-    `SELECT count(*)::text AS backlog,
-            (EXTRACT(EPOCH FROM now() - min(w.created_at)) * 1000)::bigint::text AS lag_ms
-     FROM ${s.quoted}.relay_state r
-     CROSS JOIN LATERAL (
-       SELECT m.created_at
-       FROM ${s.quoted}.messages m
-       WHERE m.id > r.done_max_id
-         AND NOT pg_visible_in_snapshot(m.tx_id, r.done_snapshot)
-       UNION ALL
-       SELECT m.created_at
-       FROM ${s.quoted}.messages m
-       WHERE m.tx_id = ANY (ARRAY(SELECT pg_snapshot_xip(r.done_snapshot)))
-         AND m.id <= r.done_max_id
-       UNION ALL
-       SELECT m.created_at
-       FROM ${s.quoted}.messages m
-       WHERE m.tx_id >= pg_snapshot_xmax(r.done_snapshot)
-         AND m.tx_id < coalesce(
-               CASE WHEN r.done_xid_bound_xmax = pg_snapshot_xmax(r.done_snapshot) THEN r.done_xid_bound END,
-               pg_snapshot_xmax(pg_current_snapshot()))
-         AND m.id <= r.done_max_id
-     ) w`,
-  );
-  return { backlog: Number(rows[0]?.backlog ?? 0), lagMs: Math.max(0, Number(rows[0]?.lag_ms ?? 0)) };
-}
