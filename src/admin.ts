@@ -8,7 +8,8 @@ import { notifySubscription, requeueDeadLetters, selectDeadLetters } from './sql
 import { selectRelayBacklog, selectSubscriptionStatus } from './sql/status.js';
 import { selectSubscriptionId } from './sql/subscriptions.js';
 import { assertSubscriptionName } from './topics.js';
-import type { DeadLetter, OutboxStatus } from './types.js';
+import { replaySince, type ReplaySince } from './replay-since.js';
+import type { DeadLetter, OutboxStatus, ReplayOptions, ReplayResult } from './types.js';
 
 /** A bigint id as text: what Postgres's bigint accepts, checked before it gets there. */
 export function isId(value: unknown): boolean {
@@ -71,32 +72,68 @@ export async function listDeadLetters(
   }));
 }
 
-export async function replayDeadLetters(
-  pool: pg.Pool,
-  s: SchemaName,
-  name: string,
-  options: { ids?: readonly (string | number | bigint)[] } = {},
-): Promise<{ replayed: number }> {
-  assertKnownKeys('replay', options, ['ids']);
-  if (options.ids !== undefined && !Array.isArray(options.ids)) {
+function replayIds(options: ReplayOptions): string[] | null {
+  if (options.ids === undefined) return null;
+  if (!Array.isArray(options.ids)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay ids must be an array of delivery ids', {
       value: options.ids,
     });
   }
-  const ids = options.ids === undefined ? null : options.ids.map((id) => String(id));
-  if (ids !== null && !ids.every(isId)) {
+  const ids = options.ids.map((id) => String(id));
+  if (!ids.every(isId)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay ids must be delivery ids (positive integers)', {
       value: options.ids,
     });
   }
+  return ids;
+}
+
+function replayFrom(name: string, options: ReplayOptions): ReplaySince {
+  const { since, after, limit } = options;
+  if (!(since instanceof Date) || Number.isNaN(since.getTime())) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay `since` must be a valid Date', { value: since });
+  }
+  if (options.ids !== undefined) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay takes either `ids` or `since`, not both');
+  }
+  if (after !== undefined && !isId(after)) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'replay `after` must be a message id (a positive integer)',
+      {
+        value: after,
+      },
+    );
+  }
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay `limit` must be a positive integer', {
+      value: limit,
+    });
+  }
+  return { subscription: name, since, after, limit: limit ?? Infinity };
+}
+
+/** replay(): dead letters by id or all of them, or, with `since`, the subscription's messages from a time on. */
+export async function replay(
+  pool: pg.Pool,
+  s: SchemaName,
+  name: string,
+  options: ReplayOptions = {},
+): Promise<ReplayResult> {
+  assertKnownKeys('replay', options, ['ids', 'since', 'after', 'limit']);
   assertSubscriptionName(name);
+  if (options.since !== undefined) return replaySince(pool, s, replayFrom(name, options));
+  if (options.after !== undefined || options.limit !== undefined) {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay `after` and `limit` go with `since`');
+  }
+  const ids = replayIds(options);
   return withTransaction(pool, async (exec) => {
     const subscriptionId = await subscriptionIdOf(exec, s, name);
     // Dead letters queued anew take ids from the sequence the relay draws from: see lockDeliveryIds.
     await lockDeliveryIds(exec, s);
     const replayed = await requeueDeadLetters(exec, s, { subscriptionId, ids });
     if (replayed > 0) await notifySubscription(exec, s, subscriptionId);
-    return { replayed };
+    return { replayed, next: null };
   });
 }
 
@@ -107,13 +144,17 @@ export async function readStatus(exec: Executor, s: SchemaName): Promise<OutboxS
   ]);
   return {
     subscriptions: subscriptions.map((r) => ({
-      name: r.name,
+      name: r.subscription,
       topics: r.topics,
       pending: Number(r.pending),
       delayed: Number(r.delayed),
       inFlight: Number(r.in_flight),
       dead: Number(r.dead),
-      oldestPendingMs: Math.max(0, Number(r.oldest_pending_ms ?? 0)),
+      doneLastHour: Number(r.done_last_hour),
+      failedLastHour: Number(r.failed_last_hour),
+      oldestPendingMs: Math.max(0, Number(r.oldest_pending_ms)),
+      ordered: r.ordered,
+      blockKeyOnDead: r.block_key_on_dead,
     })),
     relay,
   };

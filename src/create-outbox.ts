@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { isId, listDeadLetters, readStatus, replayDeadLetters, type DeadLetterQuery } from './admin.js';
+import { isId, listDeadLetters, readStatus, replay, type DeadLetterQuery } from './admin.js';
 import { Consumer } from './consumer/consumer.js';
 import { withPayloadSchema } from './consumer/payload-schema.js';
 import {
@@ -12,7 +12,10 @@ import {
 import { OutboxError } from './errors.js';
 import { OutboxEmitter, type EventName, type Listener as EventListener } from './events.js';
 import { migrate } from './migrate.js';
-import { runCleanup, type CleanupResult } from './maintenance.js';
+import { runCleanup, runPurge, type CleanupResult } from './maintenance.js';
+import { readJourney } from './journey.js';
+import { withStatementTimeout } from './db/timed-connection.js';
+import { messageExists } from './sql/journey.js';
 import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
 import { publish, publishMany } from './producer/publish.js';
 import { declareSubscription } from './declare-subscription.js';
@@ -29,6 +32,11 @@ import { assertSubscriptionName, topicFilter } from './topics.js';
 import type {
   DeadLetter,
   Handler,
+  MessageJourney,
+  PurgeOptions,
+  PurgeResult,
+  ReplayOptions,
+  ReplayResult,
   LeaseContext,
   OnceResult,
   OutboxStatus,
@@ -86,18 +94,27 @@ export interface Outbox {
     fn: (tx: TransactionOf<D>) => Promise<T>,
   ): Promise<OnceResult<T>>;
   deadLetters(name: string, query?: DeadLetterQuery): Promise<DeadLetter[]>;
-  replay(
-    name: string,
-    options?: { ids?: readonly (string | number | bigint)[] },
-  ): Promise<{ replayed: number }>;
+  /**
+   * Re-queues dead letters (`{ ids }`, or all of the subscription's when called without options), or, with
+   * `{ since }`, re-delivers to this subscription every retained message of its topics published since then. A
+   * `since` older than what retention kept fails with OUTBOX_REPLAY_BEYOND_RETENTION before anything is queued.
+   */
+  replay(name: string, options?: ReplayOptions): Promise<ReplayResult>;
   status(): Promise<OutboxStatus>;
+  /** A message and its journey across subscriptions (deliveries, attempts, failures); null when it is not retained. */
+  journey(messageId: string | number | bigint): Promise<MessageJourney | null>;
+  /**
+   * Runs retention now, to the end: finished deliveries and their messages older than retentionMs, dead letters
+   * older than deadLetterRetentionMs, idempotency keys older than processedRetentionMs. `dryRun` only counts.
+   */
+  purge(options?: PurgeOptions): Promise<PurgeResult>;
   /**
    * Sets the relay's position to now and fans out every committed message that has no delivery yet. Needed after
    * the database moved to another cluster (the relay refuses with OUTBOX_RELAY_CLUSTER_CHANGED); safe at any time.
    * Runs with the pool's role, which needs the schema owner's privileges.
    */
   resetRelay(): Promise<ResetRelayResult>;
-  /** One bounded cleanup pass now (the active relay also runs it every relay.maintenanceIntervalMs). */
+  /** The retention of idempotency keys and dead letters only; purge() does all of it. */
   cleanup(): Promise<CleanupResult>;
   on<E extends EventName>(event: E, listener: EventListener<E>): void;
   off<E extends EventName>(event: E, listener: EventListener<E>): void;
@@ -143,6 +160,11 @@ export function createOutbox(options: OutboxOptions): Outbox {
         });
       }
       const exec = toExecutor(db);
+      if (!(await messageExists(exec, schema, id))) {
+        throw new OutboxError('OUTBOX_UNKNOWN_MESSAGE', `No message ${id} in schema "${schema.name}"`, {
+          value: id,
+        });
+      }
       await insertCancellation(exec, schema, id);
       return { cancelled: await cancelDeliveries(exec, schema, id) };
     },
@@ -189,6 +211,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
         schema,
         pool,
         leaseConnection,
+        consumerId: config.consumerId,
         options: resolved,
         handler: withPayloadSchema(handler as Handler<unknown>, resolved.schema),
         logger: config.logger,
@@ -208,10 +231,30 @@ export function createOutbox(options: OutboxOptions): Outbox {
       });
     },
     deadLetters: (name, query) => listDeadLetters(pgExecutor(pool), schema, name, query),
-    replay: (name, opts) => replayDeadLetters(pool, schema, name, opts),
+    replay: (name, opts) => replay(pool, schema, name, opts),
     status: () => readStatus(pgExecutor(pool), schema),
+    journey(messageId) {
+      const id = String(messageId);
+      if (!isId(id)) {
+        throw new OutboxError('OUTBOX_INVALID_OPTION', 'journey needs a message id (a positive integer)', {
+          value: id,
+        });
+      }
+      return readJourney(pgExecutor(pool), schema, id);
+    },
+    purge(opts = {}) {
+      assertKnownKeys('purge', opts, ['dryRun']);
+      const dryRun = opts.dryRun ?? false;
+      if (typeof dryRun !== 'boolean') {
+        throw new OutboxError('OUTBOX_INVALID_OPTION', 'dryRun must be true or false', { value: dryRun });
+      }
+      return withStatementTimeout(pool, config.relay.sessionTimeoutMs, (exec) =>
+        runPurge(exec, schema, config, dryRun),
+      );
+    },
     resetRelay: () => resetRelay(pool, schema, config.logger),
-    cleanup: () => runCleanup(pgExecutor(pool), schema, config),
+    cleanup: () =>
+      withStatementTimeout(pool, config.relay.sessionTimeoutMs, (exec) => runCleanup(exec, schema, config)),
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };

@@ -18,7 +18,9 @@ export type OutboxErrorCode =
   | 'OUTBOX_NOT_MIGRATED'
   | 'OUTBOX_DEDUP_CONFLICT'
   | 'OUTBOX_SUBSCRIPTION_CONFLICT'
-  | 'OUTBOX_RELAY_CLUSTER_CHANGED';
+  | 'OUTBOX_RELAY_CLUSTER_CHANGED'
+  | 'OUTBOX_UNKNOWN_MESSAGE'
+  | 'OUTBOX_REPLAY_BEYOND_RETENTION';
 
 export class OutboxError extends Error {
   override readonly name = 'OutboxError';

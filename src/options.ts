@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { OutboxError } from './errors.js';
@@ -53,9 +55,20 @@ export interface OutboxOptions {
   processedRetentionMs?: number;
   /**
    * How long dead letters are kept after they died; older ones are deleted by the cleanup (and can no longer be
-   * replayed). 0 keeps them until they are replayed. @defaultValue 0
+   * replayed). 0 keeps them until they are replayed. @defaultValue 2_592_000_000 (30 days)
    */
   deadLetterRetentionMs?: number;
+  /**
+   * How long finished work is kept: a message older than this whose deliveries have all finished (done or
+   * cancelled) is deleted with those deliveries and its failure history. A message that any subscription still has
+   * pending, delayed, in flight or dead is kept, however old. 0 keeps everything. @defaultValue 604_800_000 (7 days)
+   */
+  retentionMs?: number;
+  /**
+   * This process's name in the audit trail: each delivery records the consumer of its latest attempt as
+   * `host:pid:instance`. At most 64 characters, no ':'. @defaultValue 8 random hex characters per Outbox
+   */
+  instance?: string;
 }
 
 export interface ResolvedOptions {
@@ -68,6 +81,9 @@ export interface ResolvedOptions {
   shutdownTimeoutMs: number;
   processedRetentionMs: number;
   deadLetterRetentionMs: number;
+  retentionMs: number;
+  /** `host:pid:instance`, recorded with every attempt. */
+  consumerId: string;
 }
 
 export interface ResolvedSubscribeOptions {
@@ -131,6 +147,18 @@ function objectOrEmpty(name: string, value: unknown): Record<string, unknown> {
 
 const DAY_MS = 86_400_000;
 
+function instanceName(value: unknown): string {
+  if (value === undefined) return randomBytes(4).toString('hex');
+  if (typeof value !== 'string' || !/^[^:\s]{1,64}$/.test(value)) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'instance must be 1 to 64 characters without ":" or white space',
+      { value },
+    );
+  }
+  return value;
+}
+
 export function resolveOptions(options: OutboxOptions): ResolvedOptions {
   if (options === undefined || options === null) {
     throw new OutboxError(
@@ -149,6 +177,8 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'shutdownTimeoutMs',
     'processedRetentionMs',
     'deadLetterRetentionMs',
+    'retentionMs',
+    'instance',
   ]);
   if (typeof options.pool?.connect !== 'function' || !('totalCount' in options.pool)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'createOutbox needs `pool`: a pg.Pool', {
@@ -192,7 +222,15 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
       0,
       3650 * DAY_MS,
     ),
-    deadLetterRetentionMs: integer('deadLetterRetentionMs', o.deadLetterRetentionMs, 0, 0, 3650 * DAY_MS),
+    deadLetterRetentionMs: integer(
+      'deadLetterRetentionMs',
+      o.deadLetterRetentionMs,
+      30 * DAY_MS,
+      0,
+      3650 * DAY_MS,
+    ),
+    retentionMs: integer('retentionMs', o.retentionMs, 7 * DAY_MS, 0, 3650 * DAY_MS),
+    consumerId: `${hostname()}:${process.pid}:${instanceName(o.instance)}`,
   };
 }
 

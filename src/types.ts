@@ -172,8 +172,14 @@ export interface SubscriptionStatus {
   /** Claimed, lease still running. */
   inFlight: number;
   dead: number;
+  /** Deliveries acked in the last hour. */
+  doneLastHour: number;
+  /** Failed attempts (handler errors and expired leases) in the last hour. */
+  failedLastHour: number;
   /** Age of the oldest due delivery, in milliseconds (0 when none). */
   oldestPendingMs: number;
+  ordered: boolean;
+  blockKeyOnDead: boolean;
 }
 
 export interface OutboxStatus {
@@ -184,4 +190,96 @@ export interface OutboxStatus {
     /** Age of the oldest of them, in milliseconds (0 when none). */
     lagMs: number;
   };
+}
+
+/** Where a delivery is now (audit_deliveries.status). */
+export type DeliveryStatus = 'pending' | 'delayed' | 'in_flight' | 'done' | 'cancelled' | 'dead';
+
+/** One message x subscription, as audit_deliveries shows it. */
+export interface DeliveryAudit {
+  subscription: string;
+  deliveryId: string;
+  status: DeliveryStatus;
+  /** Hand-outs so far (a replay starts again from 0). */
+  attempts: number;
+  firstAttemptAt: Date | null;
+  lastAttemptAt: Date | null;
+  /** When it was acked, cancelled or dead-lettered. */
+  completedAt: Date | null;
+  lastError: string | null;
+  /** The consumer of the latest attempt: `host:pid:instance`. */
+  consumer: string | null;
+  relayedAt: Date;
+  /** Pending, delayed and in-flight deliveries: when it is (next) due. */
+  dueAt: Date | null;
+}
+
+/** One failed attempt, as audit_failures shows it. */
+export interface FailureAudit {
+  subscription: string;
+  deliveryId: string;
+  attempt: number;
+  error: string | null;
+  consumer: string | null;
+  failedAt: Date;
+}
+
+/** A message and everything that happened to it, across subscriptions. */
+export interface MessageJourney {
+  message: {
+    id: string;
+    topic: string;
+    key: string | null;
+    headers: Record<string, string>;
+    payload: unknown;
+    publishedAt: Date;
+    deliverAt: Date | null;
+    /** The relay has fanned it out (to every subscription its topic matched then). */
+    relayed: boolean;
+    relayedAt: Date | null;
+    cancelledAt: Date | null;
+  };
+  deliveries: DeliveryAudit[];
+  /** Oldest first. */
+  failures: FailureAudit[];
+}
+
+export interface ReplayOptions {
+  /** Dead letters to re-queue, by delivery id. Omitted (and no `since`): every dead letter of the subscription. */
+  ids?: readonly (string | number | bigint)[];
+  /**
+   * Re-deliver to this subscription every retained message of its topics published at or after this time, whatever
+   * happened to it before (Kafka's offset reset). Runs in transactions of 1,000 messages, oldest first.
+   */
+  since?: Date;
+  /** With `since`: continue after this message id (the `next` of an earlier call). */
+  after?: string;
+  /** With `since`: look at most at this many messages in this call; `next` says where to go on. */
+  limit?: number;
+}
+
+export interface ReplayResult {
+  /** Deliveries queued. */
+  replayed: number;
+  /** With `since`: the last message id looked at when the call stopped at `limit`, else null (nothing left). */
+  next: string | null;
+}
+
+export interface PurgeOptions {
+  /** Count what would be removed, remove nothing. @defaultValue false */
+  dryRun?: boolean;
+}
+
+/** What retention removed (or, in a dry run, would remove). */
+export interface PurgeResult {
+  /** Messages older than `retentionMs` whose deliveries had all finished. */
+  messages: number;
+  /** Their finished (done or cancelled) deliveries. */
+  finishedDeliveries: number;
+  /** Their failed-attempt records. */
+  failures: number;
+  /** Dead letters older than `deadLetterRetentionMs`. */
+  deadLetters: number;
+  /** Idempotency keys older than `processedRetentionMs`. */
+  processedKeys: number;
 }

@@ -10,6 +10,8 @@ export interface ClaimRequest {
   limit: number;
   leaseMs: number;
   maxAttempts: number;
+  /** Recorded with each attempt (host:pid:instance). */
+  consumer: string;
   /** The previous claim filled its limit: there is more waiting. */
   backlog: boolean;
 }

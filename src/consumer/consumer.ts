@@ -23,6 +23,8 @@ export interface ConsumerConfig {
   pool: pg.Pool;
   /** Where lease extensions run: a connection outside the pool, shared by the Outbox's consumers. */
   leaseConnection: Executor;
+  /** `host:pid:instance`, recorded with each attempt. */
+  consumerId: string;
   options: ResolvedSubscribeOptions;
   handler: Handler<LeaseContext> | Handler<TransactionalContext>;
   logger: Logger;
@@ -139,6 +141,7 @@ export class Consumer {
           limit,
           leaseMs,
           maxAttempts,
+          consumer: this.config.consumerId,
           backlog,
         };
         const claimed = await claimBatch(exec, this.config.schema, request, (rows, sentAt) =>

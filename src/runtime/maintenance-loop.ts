@@ -1,7 +1,4 @@
-import { selectStatementTimeout, setStatementTimeout } from '../sql/session.js';
-import type pg from 'pg';
-import { checkoutClient } from '../db/checkout.js';
-import { pgExecutor, type Executor } from '../db/executor.js';
+import { withStatementTimeout } from '../db/timed-connection.js';
 import type { OutboxEmitter } from '../events.js';
 import { runCleanupPass, type CleanupBounds } from '../maintenance.js';
 import type { ResolvedOptions } from '../options.js';
@@ -19,40 +16,7 @@ export interface MaintenanceLoop {
 }
 
 /**
- * Runs fn on one pool connection under a statement_timeout of timeoutMs: a cleanup stuck behind a lock (a
- * migration, a LOCK TABLE) fails after that and is retried, instead of holding the connection without bound. Each
- * DELETE commits on its own; the session's previous timeout is put back before the connection returns to the pool,
- * and a connection where that fails is destroyed instead.
- */
-async function withStatementTimeout<T>(
-  pool: pg.Pool,
-  timeoutMs: number,
-  fn: (exec: Executor) => Promise<T>,
-): Promise<T> {
-  let broken = false;
-  const onError = () => {
-    broken = true;
-  };
-  const client = await checkoutClient(pool, onError);
-  const exec = pgExecutor(client);
-  try {
-    const previous = await selectStatementTimeout(exec);
-    await setStatementTimeout(exec, timeoutMs);
-    try {
-      return await fn(exec);
-    } finally {
-      await setStatementTimeout(exec, previous).catch(() => {
-        broken = true;
-      });
-    }
-  } finally {
-    client.off('error', onError);
-    client.release(broken);
-  }
-}
-
-/**
- * The cleanup (expired idempotency keys and dead letters), in a loop of its own next to the relay: it runs on pool
+ * The cleanup (expired idempotency keys, dead letters, and finished messages with their deliveries), in a loop of its own next to the relay: it runs on pool
  * connections, so a slow or failing pass neither delays a relay batch nor costs the relay its connection and lock.
  * It works only while isLeader() (one process per schema cleans up) and runs a pass as soon as its relay leads,
  * so processes restarted more often than maintenanceIntervalMs still clean up. A pass that ends with work left
@@ -75,6 +39,7 @@ export function createMaintenanceLoop(
 
   async function loop(): Promise<void> {
     let failures = 0;
+    let cursor = '0';
     while (!stopping) {
       if (!isLeader()) {
         await wakeup.wait(standbyPollMs);
@@ -82,11 +47,15 @@ export function createMaintenanceLoop(
       }
       try {
         const startedAt = Date.now();
-        const { more, ...result } = await withStatementTimeout(config.pool, sessionTimeoutMs, (exec) =>
-          runCleanupPass(exec, config.schema, config, bounds),
+        const { more, messageCursor, ...result } = await withStatementTimeout(
+          config.pool,
+          sessionTimeoutMs,
+          (exec) => runCleanupPass(exec, config.schema, config, bounds, cursor),
         );
         failures = 0;
-        if (result.processedKeysDeleted + result.deadLettersDeleted > 0) {
+        // A pass cut short goes on where it stopped; a finished one starts from the oldest message next time.
+        cursor = more ? messageCursor : '0';
+        if (Object.values(result).some((n) => n > 0)) {
           log.info({ ...result, more, durationMs: Date.now() - startedAt }, 'cleanup');
         }
         if (!more) await wakeup.wait(maintenanceIntervalMs);

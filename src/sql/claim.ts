@@ -29,7 +29,8 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
  * The lock returns each row's newest version, so the outcome below is decided on the row as it is now, not as the
  * statement's snapshot saw it (a release or a retry may have committed in between).
  * Lease: available_at moves to the lease end, so a leased row leaves the due range until the lease expires and
- * is then claimed again. attempt + 1 is the fencing token every ack must present.
+ * is then claimed again. attempt + 1 is the fencing token every ack must present. The same UPDATE records the
+ * attempt's time and `consumer` (host:pid:instance) for the audit trail: columns outside every index.
  * Rows that are not handed out leave deliveries, which holds only pending work: a row whose message was cancelled
  * moves to completed_deliveries (outcome 'cancelled'); one whose previous lease expired at maxAttempts (a handler
  * that crashes its process every time still ends) or whose message was deleted from messages (it would block the
@@ -45,11 +46,11 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
 export async function claimDeliveries(
   exec: Executor,
   s: SchemaName,
-  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number },
+  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; consumer: string },
 ): Promise<ClaimedRow[]> {
   return exec.query<ClaimedRow>(
     `WITH due AS (
-       SELECT q.id, q.message_id, q.attempt
+       SELECT q.id, q.subscription_id, q.message_id, q.attempt, q.leased_until, q.consumer
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
@@ -113,7 +114,10 @@ export async function claimDeliveries(
        SET attempt = d.attempt + 1,
            available_at = now() + $3::int * interval '1 millisecond',
            leased_until = now() + $3::int * interval '1 millisecond',
-           last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END
+           last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END,
+           first_attempt_at = coalesce(d.first_attempt_at, now()),
+           last_attempt_at = now(),
+           consumer = $7::text
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'pending'))
        RETURNING d.id, d.message_id, 'pending'::text AS state, d.attempt, d.last_error
      ),
@@ -121,6 +125,7 @@ export async function claimDeliveries(
        DELETE FROM ${s.quoted}.deliveries d
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'dead'))
        RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.created_at,
+                 d.first_attempt_at, d.last_attempt_at, d.consumer,
                  CASE WHEN d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.missing)) THEN $6::text
                       WHEN d.leased_until IS NOT NULL THEN $5::text
                       ELSE d.last_error
@@ -128,20 +133,34 @@ export async function claimDeliveries(
      ),
      dead AS (
        INSERT INTO ${s.quoted}.dead_deliveries
-         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at)
-       SELECT id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at
+         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
+          first_attempt_at, last_attempt_at, consumer)
+       SELECT id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
+              first_attempt_at, last_attempt_at, consumer
        FROM died
      ),
      dropped AS (
        DELETE FROM ${s.quoted}.deliveries d
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'cancelled'))
-       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at,
+                 d.first_attempt_at, d.last_attempt_at, d.consumer
      ),
      cancelled AS (
        INSERT INTO ${s.quoted}.completed_deliveries
-         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
-       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled'
+         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
+          first_attempt_at, last_attempt_at, consumer)
+       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled',
+              first_attempt_at, last_attempt_at, consumer
        FROM dropped
+     ),
+     -- A row still carrying a lease was not settled by the consumer that claimed it: that attempt failed (crash,
+     -- stall, timeout) and is recorded in the failure history under the consumer that lost it. Usually no row.
+     expired AS (
+       INSERT INTO ${s.quoted}.delivery_failures
+         (message_id, subscription_id, delivery_id, attempt, error, consumer)
+       SELECT due.message_id, due.subscription_id, due.id, due.attempt, $5::text, due.consumer
+       FROM due
+       WHERE due.leased_until IS NOT NULL
      ),
      claimed AS (
        SELECT id, message_id, state, attempt, last_error FROM leased
@@ -161,7 +180,15 @@ export async function claimDeliveries(
        WHERE mm.id = c.message_id
        LIMIT 1
      ) m ON true`,
-    [p.subscriptionId, p.limit, p.leaseMs, p.maxAttempts, LEASE_EXPIRED_ERROR, MESSAGE_MISSING_ERROR],
+    [
+      p.subscriptionId,
+      p.limit,
+      p.leaseMs,
+      p.maxAttempts,
+      LEASE_EXPIRED_ERROR,
+      MESSAGE_MISSING_ERROR,
+      p.consumer,
+    ],
   );
 }
 

@@ -32,7 +32,8 @@ export function settlementKey(item: { deliveryId: string; attempt: number }): st
  * Records handler outcomes in one statement. An ack moves the row from deliveries to the append-only
  * completed_deliveries and a dead letter moves it to dead_deliveries under its delivery id (a DELETE and an
  * INSERT: no new index entries in the hot table, which keeps only pending work); a retry stays an UPDATE that
- * schedules the next attempt at now() + delay.
+ * schedules the next attempt at now() + delay. Each retry and dead letter also adds its error to
+ * delivery_failures; an ack adds nothing there.
  * Fencing: only rows still on the attempt this consumer claimed change. A delivery whose lease expired and that
  * another consumer claimed again has a higher attempt, so a late ack or failure from the first consumer is a
  * no-op. The row lock each DELETE/UPDATE takes waits for a concurrent claim of the same row to commit and then
@@ -71,11 +72,13 @@ const FINISHED = (s: SchemaName, condition: string, returning = '') =>
      AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
      AND ${condition}
    RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.last_error,
-             d.created_at${returning}`;
+             d.created_at, d.first_attempt_at, d.last_attempt_at, d.consumer${returning}`;
 const LOGGED = (s: SchemaName, condition: string) =>
   `INSERT INTO ${s.quoted}.completed_deliveries
-     (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
-   SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'done'
+     (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
+      first_attempt_at, last_attempt_at, consumer)
+   SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'done',
+          first_attempt_at, last_attempt_at, consumer
    FROM finished
    WHERE ${condition}`;
 
@@ -101,8 +104,10 @@ async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): 
      logged AS (${LOGGED(s, "outcome = 'done'")}),
      dead AS (
        INSERT INTO ${s.quoted}.dead_deliveries
-         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at)
-       SELECT id, subscription_id, message_id, key, ordered_key, attempt, error, created_at
+         (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
+          first_attempt_at, last_attempt_at, consumer)
+       SELECT id, subscription_id, message_id, key, ordered_key, attempt, error, created_at,
+              first_attempt_at, last_attempt_at, consumer
        FROM finished
        WHERE outcome = 'dead'
      ),
@@ -117,7 +122,15 @@ async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): 
          AND d.attempt = f.attempt
          AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
          AND f.outcome = 'retry'
-       RETURNING d.id, d.attempt
+       RETURNING d.id, d.subscription_id, d.message_id, d.attempt, d.consumer, f.error
+     ),
+     -- The failure history: a row per failed attempt (retried or dead), under the consumer that ran it.
+     failed AS (
+       INSERT INTO ${s.quoted}.delivery_failures
+         (message_id, subscription_id, delivery_id, attempt, error, consumer)
+       SELECT message_id, subscription_id, id, attempt, error, consumer FROM retried
+       UNION ALL
+       SELECT message_id, subscription_id, id, attempt, error, consumer FROM finished WHERE outcome = 'dead'
      )
      SELECT f.id, f.attempt FROM f
      WHERE NOT EXISTS (SELECT 1 FROM finished a WHERE a.id = f.id AND a.attempt = f.attempt)
@@ -145,7 +158,8 @@ export async function releaseDeliveries(
     `UPDATE ${s.quoted}.deliveries d
      SET attempt = d.attempt - 1,
          available_at = now(),
-         leased_until = NULL
+         leased_until = NULL,
+         first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END
      FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)
      WHERE d.id = ANY ($1::bigint[])
        AND d.id = f.id
@@ -195,12 +209,15 @@ export async function cancelDeliveries(exec: Executor, s: SchemaName, messageId:
        WHERE d.message_id = $1::bigint
          AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
          AND (d.leased_until IS NULL OR d.leased_until <= now())
-       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at
+       RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at,
+                 d.first_attempt_at, d.last_attempt_at, d.consumer
      ),
      cancelled AS (
        INSERT INTO ${s.quoted}.completed_deliveries
-         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome)
-       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled'
+         (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
+          first_attempt_at, last_attempt_at, consumer)
+       SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled',
+              first_attempt_at, last_attempt_at, consumer
        FROM dropped
      )
      SELECT count(*)::text AS n FROM dropped`,

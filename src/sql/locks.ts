@@ -64,3 +64,13 @@ export async function limitRelaySession(
     [p.idleInTransactionMs, p.idleMs, p.statementMs],
   );
 }
+
+/**
+ * Takes the delivery-ids lock shared until the end of the caller's transaction: retention's message deletes. A
+ * replay from a point in time queues new deliveries for finished messages and takes the lock exclusive, so no
+ * message is removed between the replay reading it and its delivery committing; the statements that follow this
+ * one see every replay that committed before it.
+ */
+export async function shareDeliveryIds(exec: Executor, s: SchemaName): Promise<void> {
+  await exec.query(`SELECT ${shareDeliveryIdsLock('$1')}`, [s.name]);
+}

@@ -118,12 +118,14 @@ describe('retention of dead letters', () => {
     expect(await deadLetters()).toBe(4);
   });
 
-  it('keeps every dead letter by default (deadLetterRetentionMs 0)', async () => {
+  it('keeps dead letters 30 days by default, and every one with deadLetterRetentionMs 0', async () => {
     await t.pool.query('TRUNCATE outbox.dead_deliveries');
     await insertDead(1, 3, 3650);
-    expect(await t.outbox().cleanup()).toEqual({ processedKeysDeleted: 0, deadLettersDeleted: 0 });
+    await insertDead(10, 2, 29);
     expect(await t.outbox({ deadLetterRetentionMs: 0 }).cleanup()).toMatchObject({ deadLettersDeleted: 0 });
-    expect(await deadLetters()).toBe(3);
+    expect(await deadLetters()).toBe(5);
+    expect(await t.outbox().cleanup()).toEqual({ processedKeysDeleted: 0, deadLettersDeleted: 3 });
+    expect(await deadLetters()).toBe(2);
   });
 
   it('is run by the active relay on its maintenance interval', async () => {

@@ -1,0 +1,178 @@
+import type { Executor } from '../db/executor.js';
+import type { SchemaName } from '../db/identifiers.js';
+
+export interface MessageBatch {
+  /** Messages looked at (up to the limit), and the highest id among them: where the next batch starts. */
+  scanned: number;
+  lastId: string | null;
+  /** A message looked at is younger than the retention: the batches have reached the present. */
+  reachedRecent: boolean;
+  messages: number;
+  finishedDeliveries: number;
+  failures: number;
+}
+
+interface BatchRow {
+  scanned: string;
+  last_id: string | null;
+  reached_recent: boolean | null;
+  messages: string;
+  finished: string;
+  failures: string;
+}
+
+/*
+ * EXPIRED: the messages among the next `limit` after $1 (in id order, through the primary key) that retention may
+ * remove: published more than $3 ms ago, fanned out by the relay (visible in its done snapshot: a message still in
+ * the relay's backlog has no deliveries yet, and must keep them coming), and with no delivery that is unfinished:
+ * none pending, delayed or in flight in deliveries (deliveries_message_idx) and none dead (dead_deliveries_message_idx).
+ * Their finished deliveries are all in completed_deliveries. Every delivery moves between those tables in one
+ * statement (ack, dead letter, replay, cancel), so the statement's snapshot sees each in exactly one of them.
+ */
+const EXPIRED = (s: SchemaName) => `
+  scanned AS MATERIALIZED (
+    SELECT m.id, m.tx_id, m.created_at
+    FROM ${s.quoted}.messages m
+    WHERE m.id > $1::bigint
+    ORDER BY m.id
+    LIMIT $2::int
+  ),
+  expired AS (
+    SELECT sc.id
+    FROM scanned sc
+    CROSS JOIN ${s.quoted}.relay_state r
+    WHERE sc.created_at < now() - $3::bigint * interval '1 millisecond'
+      AND sc.id <= r.done_max_id
+      AND pg_visible_in_snapshot(sc.tx_id, r.done_snapshot)
+      AND NOT EXISTS (SELECT 1 FROM ${s.quoted}.deliveries d WHERE d.message_id = sc.id)
+      AND NOT EXISTS (SELECT 1 FROM ${s.quoted}.dead_deliveries x WHERE x.message_id = sc.id)
+  )`;
+
+const SCANNED = `
+  (SELECT count(*) FROM scanned)::text AS scanned,
+  (SELECT max(id) FROM scanned)::text AS last_id,
+  (SELECT bool_or(created_at >= now() - $3::bigint * interval '1 millisecond') FROM scanned) AS reached_recent`;
+
+function toBatch(row: BatchRow | undefined): MessageBatch {
+  return {
+    scanned: Number(row?.scanned ?? 0),
+    lastId: row?.last_id ?? null,
+    reachedRecent: row?.reached_recent === true,
+    messages: Number(row?.messages ?? 0),
+    finishedDeliveries: Number(row?.finished ?? 0),
+    failures: Number(row?.failures ?? 0),
+  };
+}
+
+/**
+ * Deletes the expired messages among the next `limit` after `afterId` (see EXPIRED), with their finished deliveries,
+ * their failure history and their cancellation, and records in retention_state the publish time of the newest one
+ * removed (replay from an earlier time must fail). Runs inside the caller's transaction, after lockRetention().
+ * Lock: FOR UPDATE SKIP LOCKED on the expired message rows, so two processes purging at once take disjoint
+ * messages and never wait for each other (nothing else locks or updates a message row). The other tables are
+ * reached by message id through their message indexes; the rows deleted there are finished, which nothing changes.
+ */
+export async function deleteExpiredMessages(
+  exec: Executor,
+  s: SchemaName,
+  p: { afterId: string; limit: number; retentionMs: number },
+): Promise<MessageBatch> {
+  const rows = await exec.query<BatchRow>(
+    `WITH ${EXPIRED(s)},
+     locked AS MATERIALIZED (
+       SELECT m.id
+       FROM ${s.quoted}.messages m
+       WHERE m.id = ANY (ARRAY(SELECT id FROM expired))
+       FOR UPDATE SKIP LOCKED
+     ),
+     deleted AS (
+       DELETE FROM ${s.quoted}.messages m
+       WHERE m.id = ANY (ARRAY(SELECT id FROM locked))
+       RETURNING m.created_at
+     ),
+     finished AS (
+       DELETE FROM ${s.quoted}.completed_deliveries c
+       WHERE c.message_id = ANY (ARRAY(SELECT id FROM locked))
+       RETURNING 1
+     ),
+     failures AS (
+       DELETE FROM ${s.quoted}.delivery_failures f
+       WHERE f.message_id = ANY (ARRAY(SELECT id FROM locked))
+       RETURNING 1
+     ),
+     cancellations AS (
+       DELETE FROM ${s.quoted}.cancellations cc
+       WHERE cc.message_id = ANY (ARRAY(SELECT id FROM locked))
+     ),
+     noted AS (
+       UPDATE ${s.quoted}.retention_state
+       SET removed_through = greatest(removed_through, (SELECT max(created_at) FROM deleted)),
+           messages_removed = messages_removed + (SELECT count(*) FROM deleted),
+           updated_at = now()
+       WHERE EXISTS (SELECT 1 FROM deleted)
+     )
+     SELECT ${SCANNED},
+            (SELECT count(*) FROM deleted)::text AS messages,
+            (SELECT count(*) FROM finished)::text AS finished,
+            (SELECT count(*) FROM failures)::text AS failures`,
+    [p.afterId, p.limit, p.retentionMs],
+  );
+  return toBatch(rows[0]);
+}
+
+/** What deleteExpiredMessages would delete from the same batch, counted and left in place (a dry run). */
+export async function countExpiredMessages(
+  exec: Executor,
+  s: SchemaName,
+  p: { afterId: string; limit: number; retentionMs: number },
+): Promise<MessageBatch> {
+  const rows = await exec.query<BatchRow>(
+    `WITH ${EXPIRED(s)}
+     SELECT ${SCANNED},
+            (SELECT count(*) FROM expired)::text AS messages,
+            (SELECT count(*) FROM ${s.quoted}.completed_deliveries c
+              WHERE c.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS finished,
+            (SELECT count(*) FROM ${s.quoted}.delivery_failures f
+              WHERE f.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS failures`,
+    [p.afterId, p.limit, p.retentionMs],
+  );
+  return toBatch(rows[0]);
+}
+
+/** Dead letters that deleteExpiredDeadDeliveries would delete now (a dry run). */
+export async function countExpiredDeadDeliveries(
+  exec: Executor,
+  s: SchemaName,
+  retentionMs: number,
+): Promise<number> {
+  const rows = await exec.query<{ n: string }>(
+    `SELECT count(*)::text AS n
+     FROM ${s.quoted}.dead_deliveries
+     WHERE dead_at < now() - $1::bigint * interval '1 millisecond'`,
+    [retentionMs],
+  );
+  return Number(rows[0]?.n ?? 0);
+}
+
+/** Idempotency keys that deleteExpiredProcessedKeys would delete now (a dry run). */
+export async function countExpiredProcessedKeys(
+  exec: Executor,
+  s: SchemaName,
+  retentionMs: number,
+): Promise<number> {
+  const rows = await exec.query<{ n: string }>(
+    `SELECT count(*)::text AS n
+     FROM ${s.quoted}.processed
+     WHERE recorded_at < now() - $1::bigint * interval '1 millisecond'`,
+    [retentionMs],
+  );
+  return Number(rows[0]?.n ?? 0);
+}
+
+/** The publish time of the newest message retention has removed (null: none yet). */
+export async function selectRemovedThrough(exec: Executor, s: SchemaName): Promise<Date | null> {
+  const rows = await exec.query<{ removed_through: Date | null }>(
+    `SELECT removed_through FROM ${s.quoted}.retention_state`,
+  );
+  return rows[0]?.removed_through ?? null;
+}
