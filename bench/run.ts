@@ -19,6 +19,7 @@ import { createPool } from './lib/db.js';
 import { readEnvironment, renderEnvironment, runLine } from './lib/environment.js';
 import { renderReport, SCENARIOS, type ScenarioName } from './lib/report.js';
 import { updateResults } from './lib/results-file.js';
+import { auditCostScenario } from './scenarios/audit-cost.js';
 import { backlogScenario } from './scenarios/backlog.js';
 import { drainScenario } from './scenarios/drain.js';
 import { fanoutScenario } from './scenarios/fanout.js';
@@ -26,6 +27,8 @@ import { latencyScenario } from './scenarios/latency.js';
 import { latenessScenario } from './scenarios/lateness.js';
 import { publishScenario } from './scenarios/publish.js';
 import { relayBacklogScenario } from './scenarios/relay-backlog.js';
+import { retentionScenario } from './scenarios/retention.js';
+import { statusScaleScenario } from './scenarios/status-scale.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -35,6 +38,9 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   lateness: latenessScenario,
   backlog: backlogScenario,
   'relay-backlog': relayBacklogScenario,
+  'audit-cost': auditCostScenario,
+  retention: retentionScenario,
+  'status-scale': statusScaleScenario,
 };
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');

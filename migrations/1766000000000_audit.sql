@@ -71,7 +71,9 @@ SELECT
   ) AS relayed_at,
   cc.cancelled_at
 FROM messages m
-CROSS JOIN relay_state r
+-- LIMIT 1: relay_state holds one row, and says so to the planner, which otherwise guesses hundreds for a table
+-- that was never analyzed and plans (and JIT-compiles) for them.
+CROSS JOIN (SELECT * FROM relay_state LIMIT 1) r
 LEFT JOIN cancellations cc ON cc.message_id = m.id;
 COMMENT ON VIEW audit_messages IS 'pg-outbox audit contract v1: one row per retained message';
 
@@ -169,8 +171,8 @@ CREATE VIEW audit_relay AS
 SELECT
   count(w.created_at) AS backlog,
   coalesce(now() - min(w.created_at), interval '0') AS lag,
-  (SELECT updated_at FROM relay_state) AS updated_at
-FROM relay_state r
+  min(r.updated_at) AS updated_at
+FROM (SELECT * FROM relay_state LIMIT 1) r
 CROSS JOIN LATERAL (
   SELECT m.created_at
   FROM messages m

@@ -32,6 +32,13 @@ export interface RelayOptions {
    * behind is followed by the next at once, and each statement is bounded by sessionTimeoutMs. @defaultValue 60_000
    */
   maintenanceIntervalMs?: number;
+  /**
+   * After each retention pass, VACUUM every outbox table whose dead rows passed autovacuum's default trigger (at
+   * least 10,000 and 20% of its live rows), whether autovacuum is on or not, without its cost delay, skipping a table
+   * an autovacuum already works on. Needs the schema owner's role (others get a WARNING from Postgres and nothing is
+   * done). @defaultValue true
+   */
+  vacuum?: boolean;
 }
 
 export interface OutboxOptions {
@@ -193,6 +200,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'standbyPollMs',
     'sessionTimeoutMs',
     'maintenanceIntervalMs',
+    'vacuum',
   ]);
   return {
     pool: options.pool,
@@ -212,6 +220,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
         100,
         DAY_MS,
       ),
+      vacuum: boolean('relay.vacuum', relay.vacuum, true),
     },
     consumers: boolean('consumers', o.consumers, true),
     shutdownTimeoutMs: integer('shutdownTimeoutMs', o.shutdownTimeoutMs, 10_000, 0, DAY_MS),

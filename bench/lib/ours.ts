@@ -21,6 +21,8 @@ export interface OursOptions {
   relayFirst?: boolean;
   /** Subscriptions following the one topic (fan-out). */
   subscriptions?: number;
+  /** Another checkout's createOutbox (a before/after comparison); this checkout's by default. */
+  create?: typeof createOutbox;
 }
 
 export function oursSystem(options: OursOptions): QueueSystem {
@@ -31,6 +33,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
     profile = 'default',
     relayFirst = false,
     subscriptions = 1,
+    create = createOutbox,
   } = options;
   const throughput = profile === 'throughput';
   const concurrency = throughput ? (mode === 'lease' ? 200 : 4) : 10;
@@ -42,7 +45,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
   const names = Array.from({ length: subscriptions }, (_, i) => `sub_${i}`);
   let outbox: Outbox | null = null;
 
-  const make = () => createOutbox({ pool, schema, relay: throughput ? { batchSize: 5000 } : {} });
+  const make = () => create({ pool, schema, relay: throughput ? { batchSize: 5000 } : {} });
   const current = (): Outbox => {
     if (outbox === null) throw new Error('pg-outbox system used before reset()');
     return outbox;

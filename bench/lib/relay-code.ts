@@ -35,7 +35,7 @@ export interface RelayCode {
   relayBatch(exec: Executor, s: SchemaName, window: unknown, limit: number): Promise<{ messages: number }>;
 }
 
-async function describe(root: string): Promise<string> {
+export async function describe(root: string): Promise<string> {
   const git = (...args: string[]) => promisify(execFile)('git', ['-C', root, ...args]);
   try {
     const head = (await git('log', '-1', '--format=%h')).stdout.trim();

@@ -8,6 +8,9 @@ export const SCENARIOS = [
   'lateness',
   'backlog',
   'relay-backlog',
+  'audit-cost',
+  'retention',
+  'status-scale',
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 

@@ -56,7 +56,7 @@ export async function replayMessages(
        SELECT sc.id, sc.key
        FROM scanned sc
        CROSS JOIN sub
-       CROSS JOIN ${s.quoted}.relay_state r
+       CROSS JOIN (SELECT * FROM ${s.quoted}.relay_state LIMIT 1) r -- one row; see audit_messages
        WHERE sc.created_at >= $5::timestamptz
          AND (sc.topic = ANY (sub.topics) OR sc.topic ~ sub.topic_pattern)
          AND (pg_visible_in_snapshot(sc.tx_id, r.done_snapshot)

@@ -40,7 +40,7 @@ const EXPIRED = (s: SchemaName) => `
   expired AS (
     SELECT sc.id
     FROM scanned sc
-    CROSS JOIN ${s.quoted}.relay_state r
+    CROSS JOIN (SELECT * FROM ${s.quoted}.relay_state LIMIT 1) r -- one row; see audit_messages
     WHERE sc.created_at < now() - $3::bigint * interval '1 millisecond'
       AND sc.id <= r.done_max_id
       AND pg_visible_in_snapshot(sc.tx_id, r.done_snapshot)
