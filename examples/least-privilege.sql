@@ -18,12 +18,12 @@
 --
 -- Re-run it after every upgrade that adds a migration (without the CREATE ROLE statements, once the roles
 -- exist): a new table starts with no privileges for the app role, and a new feature may need a privilege listed
--- nowhere below yet (a future retention of messages, for example, would need DELETE on messages). Every
+-- nowhere below yet (retention of messages, for example, needed DELETE on messages). Every
 -- statement after the CREATE ROLEs is idempotent, and the REVOKEs make the result exact when a role held more.
 --
 -- Deliberately not used: ALTER DEFAULT PRIVILEGES. It would give every future table one fixed set of
--- privileges, while each table here needs a different one (messages is append-only, completed_deliveries is
--- write-only for the service). Granting per table after each migration keeps the set minimal.
+-- privileges, while each table here needs a different one (nothing updates a message or a finished delivery).
+-- Granting per table after each migration keeps the set minimal.
 
 BEGIN;
 
@@ -59,9 +59,13 @@ GRANT USAGE ON SCHEMA :"schema" TO :"app_role";
 REVOKE ALL ON ALL TABLES IN SCHEMA :"schema" FROM :"app_role";
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA :"schema" FROM :"app_role";
 
--- messages, append-only: publish and publishMany INSERT; the relay, claims, dedup lookups and deadLetters read.
--- Nothing in pg-outbox updates or deletes a message, so neither is granted.
-GRANT SELECT, INSERT ON :"schema".messages TO :"app_role";
+-- messages: publish and publishMany INSERT; the relay, claims, dedup lookups, deadLetters and replay read;
+-- retention (the active relay's maintenance loop, or outbox.purge()) DELETEs finished messages older than
+-- retentionMs. It locks them first with SELECT ... FOR UPDATE SKIP LOCKED (so two processes purging at once take
+-- disjoint messages), which needs UPDATE on at least one column; pg-outbox never updates a message, so UPDATE is
+-- granted on created_at only. With retentionMs: 0 you may leave DELETE and UPDATE (created_at) out.
+GRANT SELECT, INSERT, DELETE ON :"schema".messages TO :"app_role";
+GRANT UPDATE (created_at) ON :"schema".messages TO :"app_role";
 
 -- subscriptions: declareSubscription() and subscribe() + start() lock the row (SELECT ... FOR UPDATE), then insert
 -- (ON CONFLICT DO NOTHING) or update it;
@@ -74,9 +78,20 @@ GRANT SELECT, INSERT, UPDATE ON :"schema".subscriptions TO :"app_role";
 -- cancellation DELETE the row, which moves to one of the two tables below.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".deliveries TO :"app_role";
 
--- completed_deliveries, the audit trail: an ack, and a cancellation (cancel(), or a claim that drops a cancelled
--- delivery), INSERT; the service never reads, changes or deletes it.
-GRANT INSERT ON :"schema".completed_deliveries TO :"app_role";
+-- completed_deliveries, the finished deliveries: an ack, and a cancellation (cancel(), or a claim that drops a
+-- cancelled delivery), INSERT; retention DELETEs those of the messages it removes (by message_id, which needs
+-- SELECT). Nothing updates them.
+GRANT SELECT, INSERT, DELETE ON :"schema".completed_deliveries TO :"app_role";
+
+-- delivery_failures, a row per failed attempt: retries, dead letters and claims that find an expired lease INSERT;
+-- retention DELETEs those of the messages it removes.
+GRANT SELECT, INSERT, DELETE ON :"schema".delivery_failures TO :"app_role";
+
+-- consumers: each Outbox that runs consumers registers itself once (INSERT ... ON CONFLICT DO UPDATE).
+GRANT SELECT, INSERT, UPDATE ON :"schema".consumers TO :"app_role";
+
+-- retention_state: retention records what it removed; replay({ since }) reads it.
+GRANT SELECT, UPDATE ON :"schema".retention_state TO :"app_role";
 
 -- dead_deliveries, the dead letters: a handler's last failure and a claim that gives up INSERT; deadLetters(),
 -- status() and the ordered claim's blockKeyOnDead check read; replay() DELETEs (moving them back to deliveries),
@@ -86,8 +101,8 @@ GRANT INSERT ON :"schema".completed_deliveries TO :"app_role";
 GRANT SELECT, INSERT, DELETE ON :"schema".dead_deliveries TO :"app_role";
 GRANT UPDATE (dead_at) ON :"schema".dead_deliveries TO :"app_role";
 
--- cancellations: cancel() INSERTs; the relay and claims read.
-GRANT SELECT, INSERT ON :"schema".cancellations TO :"app_role";
+-- cancellations: cancel() INSERTs; the relay and claims read; retention DELETEs those of the messages it removes.
+GRANT SELECT, INSERT, DELETE ON :"schema".cancellations TO :"app_role";
 
 -- processed, the idempotency keys: once() and ctx.once() INSERT ... ON CONFLICT (scope, key) DO NOTHING, which
 -- needs SELECT on the conflict columns too; the cleanup (the active relay, or outbox.cleanup()) reads, locks and
@@ -99,21 +114,29 @@ GRANT UPDATE (recorded_at) ON :"schema".processed TO :"app_role";
 -- relay_state, the relay's single position row: read and advanced by the relay, read by status().
 GRANT SELECT, UPDATE ON :"schema".relay_state TO :"app_role";
 
+-- The audit views that status() and journey() read. Views run with their owner's privileges.
+GRANT SELECT ON :"schema".audit_messages, :"schema".audit_deliveries, :"schema".audit_failures,
+  :"schema".audit_relay, :"schema".audit_subscriptions TO :"app_role";
+
 -- Not granted, because not needed:
 -- * sequences: the id columns are identity columns, whose values an INSERT draws without sequence privileges;
 -- * pg_outbox_migrations: only migrate() reads or writes it, and migrate() runs as the owner;
--- * the views (message_deliveries, dead_letters, subscription_lag): the service reads the tables directly;
+-- * the views of 0.1 (message_deliveries, dead_letters, subscription_lag): the service reads the tables directly;
+-- * VACUUM: only the owner may vacuum a table; the maintenance loop's VACUUM (relay.vacuum) gets a WARNING and
+--   does nothing as this role, so leave vacuuming to autovacuum or run the loop (or a cron job) as the owner;
 -- * functions and locks: pg_notify, LISTEN, advisory locks (one relay per schema; a relay batch against replay),
 --   pg_current_snapshot(), pg_current_xact_id() and pg_control_system() (the relay checks which cluster it runs in)
 --   are open to every role.
 
 -- 3. Optional: the read-only audit role, through the documented views only. The views run with their owner's
--- privileges, so SELECT on them is enough: the role can read no table directly and write nothing. dead_letters
--- shows message payloads; leave it out when auditors must not see them.
+-- privileges, so SELECT on them is enough: the role can read no table directly and write nothing. dead_letters and
+-- audit_messages show message payloads; leave them out when auditors must not see them.
 REVOKE ALL ON SCHEMA :"schema" FROM :"audit_role";
 REVOKE ALL ON ALL TABLES IN SCHEMA :"schema" FROM :"audit_role";
 GRANT USAGE ON SCHEMA :"schema" TO :"audit_role";
-GRANT SELECT ON :"schema".message_deliveries, :"schema".dead_letters, :"schema".subscription_lag
+GRANT SELECT ON :"schema".message_deliveries, :"schema".dead_letters, :"schema".subscription_lag,
+  :"schema".audit_messages, :"schema".audit_deliveries, :"schema".audit_failures, :"schema".audit_relay,
+  :"schema".audit_subscriptions
   TO :"audit_role";
 
 COMMIT;

@@ -2,20 +2,33 @@
 -- The audit trail (issue 14): who handled a delivery and when its attempts ran, a row per failed attempt, what
 -- retention removed, and the audit_* views: the public SQL contract, version 1.
 
--- Attempt times and the consumer of the latest attempt ("host:pid:instance"), written by the claim's lease UPDATE
--- (no index holds them, so they add bytes to the row and nothing else) and carried along when a delivery finishes.
+-- The processes that consume: one row per Outbox instance that ran a consumer (host, pid, instance name), so that a
+-- delivery names its consumer in 4 bytes.
+CREATE TABLE consumers (
+  id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  host text NOT NULL,
+  pid integer NOT NULL,
+  instance text NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (host, pid, instance)
+);
+
+-- Attempt times and the consumer of the latest attempt, written by the claim's lease UPDATE (no index holds them, so
+-- they add bytes to the row and nothing else) and carried along when a delivery finishes. first_attempt_at stays
+-- NULL until a second attempt (the first is then last_attempt_at's previous value): the views show
+-- coalesce(first_attempt_at, last_attempt_at).
 ALTER TABLE deliveries
   ADD COLUMN first_attempt_at timestamptz,
   ADD COLUMN last_attempt_at timestamptz,
-  ADD COLUMN consumer text;
+  ADD COLUMN consumer_id integer;
 ALTER TABLE completed_deliveries
   ADD COLUMN first_attempt_at timestamptz,
   ADD COLUMN last_attempt_at timestamptz,
-  ADD COLUMN consumer text;
+  ADD COLUMN consumer_id integer;
 ALTER TABLE dead_deliveries
   ADD COLUMN first_attempt_at timestamptz,
   ADD COLUMN last_attempt_at timestamptz,
-  ADD COLUMN consumer text;
+  ADD COLUMN consumer_id integer;
 
 -- One row per failed attempt: a handler error (retried or dead-lettered) or a lease that ran out (found by the next
 -- claim). A delivery that succeeds at its first attempt writes nothing here. Rows name the message and the
@@ -26,7 +39,7 @@ CREATE TABLE delivery_failures (
   delivery_id bigint NOT NULL,
   attempt integer NOT NULL,
   error text,
-  consumer text,
+  consumer_id integer,
   failed_at timestamptz NOT NULL DEFAULT now()
 );
 -- A message's history (audit_failures, the journey) and retention, which removes a message's failures with it.
@@ -92,11 +105,11 @@ SELECT
        ELSE 'pending'
   END AS status,
   d.attempt AS attempts,
-  d.first_attempt_at,
+  coalesce(d.first_attempt_at, d.last_attempt_at) AS first_attempt_at,
   d.last_attempt_at,
   NULL::timestamptz AS completed_at,
   d.last_error,
-  d.consumer,
+  co.host || ':' || co.pid || ':' || co.instance AS consumer,
   m.created_at AS published_at,
   d.created_at AS relayed_at,
   d.available_at AS due_at,
@@ -104,6 +117,7 @@ SELECT
 FROM deliveries d
 JOIN subscriptions s ON s.id = d.subscription_id
 LEFT JOIN messages m ON m.id = d.message_id
+LEFT JOIN consumers co ON co.id = d.consumer_id
 UNION ALL
 SELECT
   c.message_id,
@@ -113,11 +127,11 @@ SELECT
   c.id,
   c.outcome,
   c.attempt,
-  c.first_attempt_at,
+  coalesce(c.first_attempt_at, c.last_attempt_at),
   c.last_attempt_at,
   c.completed_at,
   c.last_error,
-  c.consumer,
+  co.host || ':' || co.pid || ':' || co.instance,
   m.created_at,
   c.created_at,
   NULL::timestamptz,
@@ -125,6 +139,7 @@ SELECT
 FROM completed_deliveries c
 JOIN subscriptions s ON s.id = c.subscription_id
 LEFT JOIN messages m ON m.id = c.message_id
+LEFT JOIN consumers co ON co.id = c.consumer_id
 UNION ALL
 SELECT
   x.message_id,
@@ -134,18 +149,19 @@ SELECT
   x.id,
   'dead'::text,
   x.attempt,
-  x.first_attempt_at,
+  coalesce(x.first_attempt_at, x.last_attempt_at),
   x.last_attempt_at,
   x.dead_at,
   x.last_error,
-  x.consumer,
+  co.host || ':' || co.pid || ':' || co.instance,
   m.created_at,
   x.created_at,
   NULL::timestamptz,
   NULL::timestamptz
 FROM dead_deliveries x
 JOIN subscriptions s ON s.id = x.subscription_id
-LEFT JOIN messages m ON m.id = x.message_id;
+LEFT JOIN messages m ON m.id = x.message_id
+LEFT JOIN consumers co ON co.id = x.consumer_id;
 COMMENT ON VIEW audit_deliveries IS 'pg-outbox audit contract v1: one row per message x subscription';
 
 -- One row per failed attempt, oldest first within a delivery.
@@ -158,11 +174,12 @@ SELECT
   f.delivery_id,
   f.attempt,
   f.error,
-  f.consumer,
+  co.host || ':' || co.pid || ':' || co.instance AS consumer,
   f.failed_at
 FROM delivery_failures f
 JOIN subscriptions s ON s.id = f.subscription_id
-LEFT JOIN messages m ON m.id = f.message_id;
+LEFT JOIN messages m ON m.id = f.message_id
+LEFT JOIN consumers co ON co.id = f.consumer_id;
 COMMENT ON VIEW audit_failures IS 'pg-outbox audit contract v1: one row per failed attempt';
 
 -- The relay: committed messages not fanned out yet and the age of the oldest. The same bounded scans as the relay's
@@ -249,14 +266,15 @@ DROP TABLE IF EXISTS retention_state;
 DROP INDEX IF EXISTS messages_created_at_idx;
 DROP TABLE IF EXISTS delivery_failures;
 ALTER TABLE dead_deliveries
-  DROP COLUMN IF EXISTS consumer,
+  DROP COLUMN IF EXISTS consumer_id,
   DROP COLUMN IF EXISTS last_attempt_at,
   DROP COLUMN IF EXISTS first_attempt_at;
 ALTER TABLE completed_deliveries
-  DROP COLUMN IF EXISTS consumer,
+  DROP COLUMN IF EXISTS consumer_id,
   DROP COLUMN IF EXISTS last_attempt_at,
   DROP COLUMN IF EXISTS first_attempt_at;
 ALTER TABLE deliveries
-  DROP COLUMN IF EXISTS consumer,
+  DROP COLUMN IF EXISTS consumer_id,
   DROP COLUMN IF EXISTS last_attempt_at,
   DROP COLUMN IF EXISTS first_attempt_at;
+DROP TABLE IF EXISTS consumers;

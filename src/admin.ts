@@ -133,7 +133,7 @@ export async function replay(
     await lockDeliveryIds(exec, s);
     const replayed = await requeueDeadLetters(exec, s, { subscriptionId, ids });
     if (replayed > 0) await notifySubscription(exec, s, subscriptionId);
-    return { replayed, next: null };
+    return { replayed };
   });
 }
 

@@ -211,7 +211,6 @@ export function createOutbox(options: OutboxOptions): Outbox {
         schema,
         pool,
         leaseConnection,
-        consumerId: config.consumerId,
         options: resolved,
         handler: withPayloadSchema(handler as Handler<unknown>, resolved.schema),
         logger: config.logger,

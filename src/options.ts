@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { OutboxError } from './errors.js';
 import { schemaName, type SchemaName } from './db/identifiers.js';
+import type { ConsumerIdentity } from './sql/consumers.js';
 import { topicFilter, type TopicFilter } from './topics.js';
 import type { StandardSchemaV1, SubscribeOptions, SubscriptionMode } from './types.js';
 
@@ -89,8 +90,8 @@ export interface ResolvedOptions {
   processedRetentionMs: number;
   deadLetterRetentionMs: number;
   retentionMs: number;
-  /** `host:pid:instance`, recorded with every attempt. */
-  consumerId: string;
+  /** Who runs this Outbox's consumers, recorded with every attempt (consumers table). */
+  identity: ConsumerIdentity;
 }
 
 export interface ResolvedSubscribeOptions {
@@ -239,7 +240,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
       3650 * DAY_MS,
     ),
     retentionMs: integer('retentionMs', o.retentionMs, 7 * DAY_MS, 0, 3650 * DAY_MS),
-    consumerId: `${hostname()}:${process.pid}:${instanceName(o.instance)}`,
+    identity: { host: hostname(), pid: process.pid, instance: instanceName(o.instance) },
   };
 }
 

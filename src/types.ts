@@ -261,8 +261,11 @@ export interface ReplayOptions {
 export interface ReplayResult {
   /** Deliveries queued. */
   replayed: number;
-  /** With `since`: the last message id looked at when the call stopped at `limit`, else null (nothing left). */
-  next: string | null;
+  /**
+   * Only with `since`: the last message id looked at when the call stopped at `limit`, else null (nothing left).
+   * A replay of dead letters returns `{ replayed }` alone.
+   */
+  next?: string | null;
 }
 
 export interface PurgeOptions {

@@ -18,7 +18,7 @@ import { int, ms, ratio } from '../lib/table.js';
  * a consumer runs whenever a claim comes back short.
  */
 const SCHEMA = 'bench_backlog';
-const CLAIM = { leaseMs: 30_000, maxAttempts: 10, consumer: 'bench:0:backlog' };
+const CLAIM = { leaseMs: 30_000, maxAttempts: 10, consumer: 0 };
 const EXPLAIN_RUNS = 11;
 
 interface Level {

@@ -70,7 +70,7 @@ async function claimCost(pool: pg.Pool, subscriptionId: number): Promise<{ buffe
       limit: 100,
       leaseMs: 30_000,
       maxAttempts: 10,
-      consumer: 'bench:0:retention',
+      consumer: 0,
     });
     return { buffers, ms };
   } finally {

@@ -38,9 +38,9 @@ async function growHistory(pool: pg.Pool, from: number, total: number): Promise<
        c AS (
          INSERT INTO ${SCHEMA}.completed_deliveries
            (id, subscription_id, message_id, key, attempt, created_at, completed_at, first_attempt_at,
-            last_attempt_at, consumer)
-         SELECT m.id, 1, m.id, m.key, 1, m.created_at, m.created_at + interval '1 second', m.created_at,
-                m.created_at, 'bench:0:history'
+            last_attempt_at, consumer_id)
+         SELECT m.id, 1, m.id, m.key, 1, m.created_at, m.created_at + interval '1 second', NULL,
+                m.created_at, 0
          FROM m
        )
        INSERT INTO ${SCHEMA}.delivery_failures (message_id, subscription_id, delivery_id, attempt, error, failed_at)

@@ -10,8 +10,8 @@ export interface ClaimRequest {
   limit: number;
   leaseMs: number;
   maxAttempts: number;
-  /** Recorded with each attempt (host:pid:instance). */
-  consumer: string;
+  /** Recorded with each attempt: the consumers row of this Outbox. */
+  consumer: number;
   /** The previous claim filled its limit: there is more waiting. */
   backlog: boolean;
 }

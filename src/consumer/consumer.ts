@@ -23,8 +23,6 @@ export interface ConsumerConfig {
   pool: pg.Pool;
   /** Where lease extensions run: a connection outside the pool, shared by the Outbox's consumers. */
   leaseConnection: Executor;
-  /** `host:pid:instance`, recorded with each attempt. */
-  consumerId: string;
   options: ResolvedSubscribeOptions;
   handler: Handler<LeaseContext> | Handler<TransactionalContext>;
   logger: Logger;
@@ -51,6 +49,7 @@ const MAX_TRANSACTION_CHUNK = 100;
 export class Consumer {
   readonly wakeup = new Wakeup();
   private subscriptionId = 0;
+  private consumerId = 0;
   /** The stored setting, whatever subscribe() said (the claim reads the stored blockKeyOnDead itself). */
   private ordered = false;
   private stopping = false;
@@ -84,9 +83,11 @@ export class Consumer {
     return this.config.options;
   }
 
-  start(subscription: { id: number } & SubscriptionSettings): void {
+  /** consumerId: this Outbox's row in the consumers table, recorded with each attempt. */
+  start(subscription: { id: number; consumerId: number } & SubscriptionSettings): void {
     if (this.loopDone !== null) return;
     this.subscriptionId = subscription.id;
+    this.consumerId = subscription.consumerId;
     this.ordered = subscription.ordered;
     this.stopping = false;
     this.abandon = new AbortController();
@@ -141,7 +142,7 @@ export class Consumer {
           limit,
           leaseMs,
           maxAttempts,
-          consumer: this.config.consumerId,
+          consumer: this.consumerId,
           backlog,
         };
         const claimed = await claimBatch(exec, this.config.schema, request, (rows, sentAt) =>

@@ -7,8 +7,12 @@ import { OutboxError } from '../errors.js';
 import type { OutboxEmitter } from '../events.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Relay } from '../relay/relay.js';
+import { registerConsumer } from '../sql/consumers.js';
 import { selectRelayStateExists } from '../sql/schema.js';
 import type { Listener } from './listener.js';
+
+/** A consumer's subscription as declared, and this Outbox's number in the consumers table. */
+type ConsumerStart = DeclaredSubscription & { consumerId: number };
 
 export interface LifecycleParts {
   config: ResolvedOptions;
@@ -69,11 +73,25 @@ export function createLifecycle(parts: LifecycleParts): Lifecycle {
    * Creates the subscription of a registered consumer or updates its topics; returns its id and the stored
    * settings, or fails with OUTBOX_SUBSCRIPTION_CONFLICT when the consumer's options contradict them.
    */
-  function declareConsumer(name: string, consumer: Consumer): Promise<DeclaredSubscription> {
-    return declareSubscription(pool, schema, name, consumer.options, 'consumer');
+  async function declareConsumer(name: string, consumer: Consumer): Promise<ConsumerStart> {
+    const [subscription, consumerId] = await Promise.all([
+      declareSubscription(pool, schema, name, consumer.options, 'consumer'),
+      identify(),
+    ]);
+    return { ...subscription, consumerId };
   }
 
-  function runConsumer(consumer: Consumer, subscription: DeclaredSubscription): void {
+  /** This Outbox's row in the consumers table, registered once (again after a failure). */
+  let registration: Promise<number> | null = null;
+  function identify(): Promise<number> {
+    registration ??= registerConsumer(pgExecutor(pool), schema, config.identity).catch((error: unknown) => {
+      registration = null;
+      throw error;
+    });
+    return registration;
+  }
+
+  function runConsumer(consumer: Consumer, subscription: ConsumerStart): void {
     listener.start();
     listener.add(subscription.id, consumer.wakeup);
     consumer.start(subscription);

@@ -46,11 +46,11 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
 export async function claimDeliveries(
   exec: Executor,
   s: SchemaName,
-  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; consumer: string },
+  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; consumer: number },
 ): Promise<ClaimedRow[]> {
   return exec.query<ClaimedRow>(
     `WITH due AS (
-       SELECT q.id, q.subscription_id, q.message_id, q.attempt, q.leased_until, q.consumer
+       SELECT q.id, q.subscription_id, q.message_id, q.attempt, q.leased_until, q.consumer_id
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
@@ -115,9 +115,10 @@ export async function claimDeliveries(
            available_at = now() + $3::int * interval '1 millisecond',
            leased_until = now() + $3::int * interval '1 millisecond',
            last_error = CASE WHEN d.leased_until IS NOT NULL THEN $5::text ELSE d.last_error END,
-           first_attempt_at = coalesce(d.first_attempt_at, now()),
+           -- NULL until a second attempt: a delivery done at its first attempt carries one timestamp.
+           first_attempt_at = coalesce(d.first_attempt_at, d.last_attempt_at),
            last_attempt_at = now(),
-           consumer = $7::text
+           consumer_id = $7::int
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'pending'))
        RETURNING d.id, d.message_id, 'pending'::text AS state, d.attempt, d.last_error
      ),
@@ -125,7 +126,7 @@ export async function claimDeliveries(
        DELETE FROM ${s.quoted}.deliveries d
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'dead'))
        RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.created_at,
-                 d.first_attempt_at, d.last_attempt_at, d.consumer,
+                 d.first_attempt_at, d.last_attempt_at, d.consumer_id,
                  CASE WHEN d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.missing)) THEN $6::text
                       WHEN d.leased_until IS NOT NULL THEN $5::text
                       ELSE d.last_error
@@ -134,31 +135,31 @@ export async function claimDeliveries(
      dead AS (
        INSERT INTO ${s.quoted}.dead_deliveries
          (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        SELECT id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
-              first_attempt_at, last_attempt_at, consumer
+              first_attempt_at, last_attempt_at, consumer_id
        FROM died
      ),
      dropped AS (
        DELETE FROM ${s.quoted}.deliveries d
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'cancelled'))
        RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at,
-                 d.first_attempt_at, d.last_attempt_at, d.consumer
+                 d.first_attempt_at, d.last_attempt_at, d.consumer_id
      ),
      cancelled AS (
        INSERT INTO ${s.quoted}.completed_deliveries
          (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled',
-              first_attempt_at, last_attempt_at, consumer
+              first_attempt_at, last_attempt_at, consumer_id
        FROM dropped
      ),
      -- A row still carrying a lease was not settled by the consumer that claimed it: that attempt failed (crash,
      -- stall, timeout) and is recorded in the failure history under the consumer that lost it. Usually no row.
      expired AS (
        INSERT INTO ${s.quoted}.delivery_failures
-         (message_id, subscription_id, delivery_id, attempt, error, consumer)
-       SELECT due.message_id, due.subscription_id, due.id, due.attempt, $5::text, due.consumer
+         (message_id, subscription_id, delivery_id, attempt, error, consumer_id)
+       SELECT due.message_id, due.subscription_id, due.id, due.attempt, $5::text, due.consumer_id
        FROM due
        WHERE due.leased_until IS NOT NULL
      ),

@@ -70,7 +70,7 @@ export async function requeueDeadLetters(
        WHERE x.subscription_id = $1::int
          AND ($2::bigint[] IS NULL OR x.id = ANY ($2::bigint[]))
        RETURNING x.id, x.subscription_id, x.message_id, x.key, x.ordered_key, x.last_error, x.created_at,
-                 x.first_attempt_at, x.last_attempt_at, x.consumer
+                 x.first_attempt_at, x.last_attempt_at, x.consumer_id
      ),
      sub AS (
        SELECT coalesce(bool_or(block_key_on_dead), false) AS block_key_on_dead
@@ -95,10 +95,10 @@ export async function requeueDeadLetters(
      kept AS (
        INSERT INTO ${s.quoted}.deliveries
          (id, subscription_id, message_id, key, ordered_key, attempt, available_at, last_error, created_at,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        OVERRIDING SYSTEM VALUE
        SELECT m.id, m.subscription_id, m.message_id, m.key, m.ordered_key, 0, now(), m.last_error, m.created_at,
-              m.first_attempt_at, m.last_attempt_at, m.consumer
+              m.first_attempt_at, m.last_attempt_at, m.consumer_id
        FROM decided m
        WHERE m.keep
        RETURNING id
@@ -106,9 +106,9 @@ export async function requeueDeadLetters(
      renumbered AS (
        INSERT INTO ${s.quoted}.deliveries
          (subscription_id, message_id, key, ordered_key, attempt, available_at, last_error, created_at,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        SELECT m.subscription_id, m.message_id, m.key, m.ordered_key, 0, now(), m.last_error, m.created_at,
-              m.first_attempt_at, m.last_attempt_at, m.consumer
+              m.first_attempt_at, m.last_attempt_at, m.consumer_id
        FROM decided m
        WHERE NOT m.keep
        ORDER BY m.id

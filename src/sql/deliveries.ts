@@ -72,13 +72,13 @@ const FINISHED = (s: SchemaName, condition: string, returning = '') =>
      AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
      AND ${condition}
    RETURNING d.id, d.subscription_id, d.message_id, d.key, d.ordered_key, d.attempt, d.last_error,
-             d.created_at, d.first_attempt_at, d.last_attempt_at, d.consumer${returning}`;
+             d.created_at, d.first_attempt_at, d.last_attempt_at, d.consumer_id${returning}`;
 const LOGGED = (s: SchemaName, condition: string) =>
   `INSERT INTO ${s.quoted}.completed_deliveries
      (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
-      first_attempt_at, last_attempt_at, consumer)
+      first_attempt_at, last_attempt_at, consumer_id)
    SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'done',
-          first_attempt_at, last_attempt_at, consumer
+          first_attempt_at, last_attempt_at, consumer_id
    FROM finished
    WHERE ${condition}`;
 
@@ -105,9 +105,9 @@ async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): 
      dead AS (
        INSERT INTO ${s.quoted}.dead_deliveries
          (id, subscription_id, message_id, key, ordered_key, attempt, last_error, created_at,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        SELECT id, subscription_id, message_id, key, ordered_key, attempt, error, created_at,
-              first_attempt_at, last_attempt_at, consumer
+              first_attempt_at, last_attempt_at, consumer_id
        FROM finished
        WHERE outcome = 'dead'
      ),
@@ -122,15 +122,15 @@ async function settleMixed(exec: Executor, s: SchemaName, items: Settlement[]): 
          AND d.attempt = f.attempt
          AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
          AND f.outcome = 'retry'
-       RETURNING d.id, d.subscription_id, d.message_id, d.attempt, d.consumer, f.error
+       RETURNING d.id, d.subscription_id, d.message_id, d.attempt, d.consumer_id, f.error
      ),
      -- The failure history: a row per failed attempt (retried or dead), under the consumer that ran it.
      failed AS (
        INSERT INTO ${s.quoted}.delivery_failures
-         (message_id, subscription_id, delivery_id, attempt, error, consumer)
-       SELECT message_id, subscription_id, id, attempt, error, consumer FROM retried
+         (message_id, subscription_id, delivery_id, attempt, error, consumer_id)
+       SELECT message_id, subscription_id, id, attempt, error, consumer_id FROM retried
        UNION ALL
-       SELECT message_id, subscription_id, id, attempt, error, consumer FROM finished WHERE outcome = 'dead'
+       SELECT message_id, subscription_id, id, attempt, error, consumer_id FROM finished WHERE outcome = 'dead'
      )
      SELECT f.id, f.attempt FROM f
      WHERE NOT EXISTS (SELECT 1 FROM finished a WHERE a.id = f.id AND a.attempt = f.attempt)
@@ -159,7 +159,7 @@ export async function releaseDeliveries(
      SET attempt = d.attempt - 1,
          available_at = now(),
          leased_until = NULL,
-         first_attempt_at = CASE WHEN d.attempt > 1 THEN d.first_attempt_at END
+         last_attempt_at = CASE WHEN d.attempt > 1 THEN d.last_attempt_at END
      FROM unnest($1::bigint[], $2::int[]) AS f(id, attempt)
      WHERE d.id = ANY ($1::bigint[])
        AND d.id = f.id
@@ -210,14 +210,14 @@ export async function cancelDeliveries(exec: Executor, s: SchemaName, messageId:
          AND d.state NOT IN ('dead', 'cancelled') -- i.e. pending; see BY_ID
          AND (d.leased_until IS NULL OR d.leased_until <= now())
        RETURNING d.id, d.subscription_id, d.message_id, d.key, d.attempt, d.last_error, d.created_at,
-                 d.first_attempt_at, d.last_attempt_at, d.consumer
+                 d.first_attempt_at, d.last_attempt_at, d.consumer_id
      ),
      cancelled AS (
        INSERT INTO ${s.quoted}.completed_deliveries
          (id, subscription_id, message_id, key, attempt, last_error, created_at, outcome,
-          first_attempt_at, last_attempt_at, consumer)
+          first_attempt_at, last_attempt_at, consumer_id)
        SELECT id, subscription_id, message_id, key, attempt, last_error, created_at, 'cancelled',
-              first_attempt_at, last_attempt_at, consumer
+              first_attempt_at, last_attempt_at, consumer_id
        FROM dropped
      )
      SELECT count(*)::text AS n FROM dropped`,

@@ -76,14 +76,14 @@ export async function replayMessages(
        DELETE FROM ${s.quoted}.dead_deliveries x
        WHERE x.subscription_id = $1::int
          AND x.message_id = ANY (ARRAY(SELECT id FROM chosen))
-       RETURNING x.message_id, x.last_error, x.first_attempt_at, x.last_attempt_at, x.consumer
+       RETURNING x.message_id, x.last_error, x.first_attempt_at, x.last_attempt_at, x.consumer_id
      ),
      queued AS (
        INSERT INTO ${s.quoted}.deliveries
          (subscription_id, message_id, key, ordered_key, available_at, last_error, first_attempt_at,
-          last_attempt_at, consumer)
+          last_attempt_at, consumer_id)
        SELECT sub.id, c.id, c.key, CASE WHEN sub.ordered THEN c.key END, now(), u.last_error,
-              u.first_attempt_at, u.last_attempt_at, u.consumer
+              u.first_attempt_at, u.last_attempt_at, u.consumer_id
        FROM chosen c
        CROSS JOIN sub
        LEFT JOIN undead u ON u.message_id = c.id

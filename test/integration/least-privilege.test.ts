@@ -24,31 +24,51 @@ const SCHEMA = 'lp_outbox';
 
 /** What the app role may do on each relation of the schema, exactly: anything else must be denied. */
 const EXPECTED_PRIVILEGES: Record<string, string[]> = {
-  cancellations: ['SELECT', 'INSERT'],
-  completed_deliveries: ['INSERT'],
+  audit_deliveries: ['SELECT'],
+  audit_failures: ['SELECT'],
+  audit_messages: ['SELECT'],
+  audit_relay: ['SELECT'],
+  audit_subscriptions: ['SELECT'],
+  cancellations: ['SELECT', 'INSERT', 'DELETE'],
+  completed_deliveries: ['SELECT', 'INSERT', 'DELETE'],
+  consumers: ['SELECT', 'INSERT', 'UPDATE'],
+  consumers_id_seq: [],
   // Plus UPDATE on the column dead_at only (for the dead-letter cleanup's FOR UPDATE SKIP LOCKED).
   dead_deliveries: ['SELECT', 'INSERT', 'DELETE'],
   dead_letters: [],
   deliveries: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
   deliveries_id_seq: [],
+  delivery_failures: ['SELECT', 'INSERT', 'DELETE'],
   message_deliveries: [],
-  messages: ['SELECT', 'INSERT'],
+  // Plus UPDATE on the column created_at only (for retention's FOR UPDATE SKIP LOCKED).
+  messages: ['SELECT', 'INSERT', 'DELETE'],
   messages_id_seq: [],
   pg_outbox_migrations: [],
   pg_outbox_migrations_id_seq: [],
   // Plus UPDATE on the column recorded_at only (for the cleanup's FOR UPDATE SKIP LOCKED).
   processed: ['SELECT', 'INSERT', 'DELETE'],
   relay_state: ['SELECT', 'UPDATE'],
+  retention_state: ['SELECT', 'UPDATE'],
   subscription_lag: [],
   subscriptions: ['SELECT', 'INSERT', 'UPDATE'],
   subscriptions_id_seq: [],
 };
 const TABLE_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'];
 const SEQUENCE_PRIVILEGES = ['USAGE', 'SELECT', 'UPDATE'];
-const AUDIT_VIEWS = ['dead_letters', 'message_deliveries', 'subscription_lag'];
+const AUDIT_VIEWS = [
+  'audit_deliveries',
+  'audit_failures',
+  'audit_messages',
+  'audit_relay',
+  'audit_subscriptions',
+  'dead_letters',
+  'message_deliveries',
+  'subscription_lag',
+];
 /** The app role's column-level grants, as columnGrants() lists them. */
 const columnGrantsOf = (role: string) => [
   `dead_deliveries.dead_at: ${role} UPDATE`,
+  `messages.created_at: ${role} UPDATE`,
   `processed.recorded_at: ${role} UPDATE`,
 ];
 /** psql is optional: the tests apply the script by substitution, and also run it with psql when on PATH. */
@@ -246,7 +266,7 @@ describe('least privilege', () => {
     ]);
   });
 
-  it('holds exactly the documented privileges: messages append-only, completed_deliveries write-only, no sequences, no views', async () => {
+  it('holds exactly the documented privileges: no message or finished delivery updated, no sequences, only the audit_* views', async () => {
     expect(await privilegeMatrix(roles.app, SCHEMA)).toEqual(EXPECTED_PRIVILEGES);
     expect(await columnGrants(SCHEMA)).toEqual(columnGrantsOf(roles.app));
   });
@@ -453,6 +473,48 @@ describe('least privilege', () => {
     );
   });
 
+  it('removes finished messages with their history, replays from a time and shows a journey', async () => {
+    const outbox = appOutbox();
+    await outbox.declareSubscription('lp-retention', { topics: ['lp.retention'] });
+    const since = new Date();
+    const published = await outbox.publishMany(
+      appPool,
+      Array.from({ length: 20 }, (_, i) => ({ topic: 'lp.retention', payload: { i } })),
+    );
+    let failed = false;
+    outbox.subscribe(
+      'lp-retention',
+      { topics: ['lp.retention'], retry: { minDelayMs: 0, maxDelayMs: 0 }, pollIntervalMs: 20 },
+      () => {
+        if (!failed) {
+          failed = true;
+          throw new Error('first attempt fails');
+        }
+      },
+    );
+    await outbox.start();
+    const ids = published.map((p) => p.id);
+    const done = () =>
+      count(
+        owner,
+        `SELECT count(*) AS n FROM ${SCHEMA}.audit_deliveries WHERE message_id = ANY ($1::bigint[]) AND status = 'done'`,
+        [ids],
+      );
+    await waitFor('all 20 done', async () => (await done()) === 20);
+    expect(await outbox.replay('lp-retention', { since })).toEqual({ replayed: 20, next: null });
+    await waitFor('all 20 done again', async () => (await done()) === 40);
+    const journey = await outbox.journey(ids[0] ?? '0');
+    expect(journey?.deliveries.map((d) => d.status)).toEqual(['done', 'done']);
+    await outbox.stop();
+
+    await owner.query(
+      `UPDATE ${SCHEMA}.messages SET created_at = created_at - interval '8 days' WHERE id = ANY ($1::bigint[])`,
+      [ids],
+    );
+    expect(await outbox.purge()).toMatchObject({ messages: 20, finishedDeliveries: 40, failures: 1 });
+    expect(await outbox.journey(ids[0] ?? '0')).toBeNull();
+  });
+
   it('cannot migrate: migrate() fails with OUTBOX_MIGRATION_FAILED and changes nothing', async () => {
     const before = await catalogSnapshot();
     const error = await appOutbox()
@@ -475,10 +537,11 @@ describe('least privilege', () => {
     ['CREATE INDEX', `CREATE INDEX ON ${SCHEMA}.messages (topic)`],
     ['DROP TABLE', `DROP TABLE ${SCHEMA}.messages`],
     ['TRUNCATE', `TRUNCATE ${SCHEMA}.deliveries`],
-    ['UPDATE messages (append-only)', `UPDATE ${SCHEMA}.messages SET topic = topic`],
-    ['DELETE FROM messages (append-only)', `DELETE FROM ${SCHEMA}.messages`],
-    ['SELECT FROM completed_deliveries', `SELECT * FROM ${SCHEMA}.completed_deliveries`],
-    ['DELETE FROM completed_deliveries', `DELETE FROM ${SCHEMA}.completed_deliveries`],
+    ['UPDATE messages (never changed)', `UPDATE ${SCHEMA}.messages SET topic = topic`],
+    ['UPDATE messages payload (never changed)', `UPDATE ${SCHEMA}.messages SET payload = payload`],
+    ['UPDATE completed_deliveries', `UPDATE ${SCHEMA}.completed_deliveries SET attempt = attempt`],
+    ['UPDATE delivery_failures', `UPDATE ${SCHEMA}.delivery_failures SET error = error`],
+    ['DELETE FROM consumers', `DELETE FROM ${SCHEMA}.consumers`],
     ['UPDATE processed keys', `UPDATE ${SCHEMA}.processed SET key = key`],
     ['UPDATE dead letters', `UPDATE ${SCHEMA}.dead_deliveries SET attempt = attempt`],
     ['DELETE FROM subscriptions', `DELETE FROM ${SCHEMA}.subscriptions`],
