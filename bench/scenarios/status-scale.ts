@@ -50,7 +50,7 @@ async function growHistory(pool: pg.Pool, from: number, total: number): Promise<
   }
   await pool.query(
     `UPDATE ${SCHEMA}.relay_state
-     SET done_snapshot = pg_current_snapshot(), done_max_id = (SELECT max(id) FROM ${SCHEMA}.messages),
+     SET done_snapshot = pg_current_snapshot(), done_max_id = (SELECT coalesce(max(id), 0) FROM ${SCHEMA}.messages),
          done_xid_bound = NULL, done_xid_bound_xmax = NULL`,
   );
   await pool.query(
@@ -98,7 +98,7 @@ export async function statusScaleScenario(ctx: BenchContext): Promise<ScenarioRe
         );
         await pool.query(
           `UPDATE ${SCHEMA}.relay_state SET done_snapshot = pg_current_snapshot(),
-             done_max_id = (SELECT max(id) FROM ${SCHEMA}.messages), done_xid_bound = NULL`,
+             done_max_id = (SELECT coalesce(max(id), 0) FROM ${SCHEMA}.messages), done_xid_bound = NULL`,
         );
       }
       const statusMs = await medianMs(() => outbox.status());
