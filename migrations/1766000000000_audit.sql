@@ -196,10 +196,16 @@ CROSS JOIN LATERAL (
   WHERE m.id > r.done_max_id
     AND NOT pg_visible_in_snapshot(m.tx_id, r.done_snapshot)
   UNION ALL
+  -- One probe of messages_tx_id_idx per transaction running at done (a "tx_id = ANY (...)" may be planned as a walk
+  -- of the primary key up to done_max_id, i.e. of the whole history).
   SELECT m.created_at
-  FROM messages m
-  WHERE m.tx_id = ANY (ARRAY(SELECT pg_snapshot_xip(r.done_snapshot)))
-    AND m.id <= r.done_max_id
+  FROM pg_snapshot_xip(r.done_snapshot) AS x(xid)
+  CROSS JOIN LATERAL (
+    SELECT mm.created_at
+    FROM messages mm
+    WHERE mm.tx_id = x.xid
+      AND mm.id <= r.done_max_id
+  ) m
   UNION ALL
   SELECT m.created_at
   FROM messages m

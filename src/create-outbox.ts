@@ -231,7 +231,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
     deadLetters: (name, query) => listDeadLetters(pgExecutor(pool), schema, name, query),
     replay: (name, opts) => replay(pool, schema, name, opts),
-    status: () => readStatus(pgExecutor(pool), schema),
+    status: () => readStatus(pool, schema),
     journey(messageId) {
       const id = String(messageId);
       if (!isId(id)) {

@@ -12,3 +12,8 @@ export async function selectStatementTimeout(exec: Executor): Promise<string> {
 export async function setStatementTimeout(exec: Executor, value: number | string): Promise<void> {
   await exec.query(`SELECT set_config('statement_timeout', $1::text, false)`, [String(value)]);
 }
+
+/** JIT off until the end of the caller's transaction. */
+export async function disableJit(exec: Executor): Promise<void> {
+  await exec.query(`SELECT set_config('jit', 'off', true)`);
+}
