@@ -98,7 +98,7 @@ async function messageBatch(
 async function purgeMessages(
   exec: Executor,
   s: SchemaName,
-  p: { retentionMs: number; cursor: string; dryRun: boolean },
+  p: { retentionMs: number; cursor: string; dryRun: boolean; deadLetterRetentionMs: number },
   bounds: CleanupBounds,
 ): Promise<{
   messages: number;
@@ -114,7 +114,7 @@ async function purgeMessages(
     if (bounds.stop()) return { ...total, more: true, cursor: afterId };
     const params = { afterId, limit: CLEANUP_BATCH, retentionMs: p.retentionMs };
     const result = p.dryRun
-      ? await countExpiredMessages(exec, s, params)
+      ? await countExpiredMessages(exec, s, { ...params, deadLetterRetentionMs: p.deadLetterRetentionMs })
       : await messageBatch(exec, s, params);
     total.messages += result.messages;
     total.finishedDeliveries += result.finishedDeliveries;
@@ -155,7 +155,7 @@ export async function runCleanupPass(
   const messages = await purgeMessages(
     exec,
     s,
-    { retentionMs: retention.retentionMs, cursor: messageCursor, dryRun: false },
+    { retentionMs: retention.retentionMs, cursor: messageCursor, dryRun: false, deadLetterRetentionMs: 0 },
     bounds,
   );
   return {
@@ -192,7 +192,12 @@ export async function runPurge(
   const messages = await purgeMessages(
     exec,
     s,
-    { retentionMs: retention.retentionMs, cursor: '0', dryRun: true },
+    {
+      retentionMs: retention.retentionMs,
+      cursor: '0',
+      dryRun: true,
+      deadLetterRetentionMs: retention.deadLetterRetentionMs,
+    },
     UNBOUNDED,
   );
   return {

@@ -17,7 +17,10 @@ const MEANINGS: readonly [ExitCodeValue, string][] = [
   [ExitCode.ok, 'success'],
   [ExitCode.unexpected, 'unexpected error'],
   [ExitCode.usage, 'usage error: bad or missing arguments, unknown command or option, no database URL'],
-  [ExitCode.cannotConnect, 'cannot connect: bad URL, server unreachable, authentication failed, no such database'],
+  [
+    ExitCode.cannotConnect,
+    'cannot connect: bad URL, server unreachable, authentication failed, no such database',
+  ],
   [ExitCode.notMigrated, 'the schema has no pg-outbox tables: run pg-outbox migrate'],
   [ExitCode.unknownSubscription, 'unknown subscription'],
   [ExitCode.unknownId, 'unknown message or delivery id'],
@@ -28,7 +31,11 @@ const MEANINGS: readonly [ExitCodeValue, string][] = [
 /** The exit-code table for `pg-outbox --help`. */
 export function exitCodeHelp(): string {
   const lines = MEANINGS.map(([code, meaning]) => `  ${String(code).padEnd(3)}${meaning}`);
-  return ['', 'Exit codes:', ...lines, '', 'Errors are one line on stderr: pg-outbox: <message> [<CODE>]'].join(
-    '\n',
-  );
+  return [
+    '',
+    'Exit codes:',
+    ...lines,
+    '',
+    'Errors are one line on stderr: pg-outbox: <message> [<CODE>]',
+  ].join('\n');
 }

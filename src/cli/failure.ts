@@ -1,5 +1,5 @@
 import { CommanderError } from 'commander';
-import { isUndefinedTableOrSchema } from '../db/pg-errors.js';
+import { errorCode, isConnectionFailure, isUndefinedTableOrSchema } from '../db/pg-errors.js';
 import { isOutboxError, type OutboxErrorCode } from '../index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
@@ -32,23 +32,6 @@ const OUTBOX_EXIT_CODES: Partial<Record<OutboxErrorCode, ExitCodeValue>> = {
   // The database failed the migration, not the caller's input.
   OUTBOX_MIGRATION_FAILED: ExitCode.unexpected,
 };
-
-/**
- * Node's socket errors and the SQLSTATEs of a refused session: 28000 invalid authorization, 28P01 bad password,
- * 3D000 no such database; class 08 is connection exceptions. pg reports them as `code`.
- */
-const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ECONNRESET']);
-const CONNECTION_SQLSTATE = /^(08[0-9A-Z]{3}|28000|28P01|3D000)$/;
-
-export function errorCode(error: unknown): string | undefined {
-  if (typeof error !== 'object' || error === null || !('code' in error)) return undefined;
-  return typeof error.code === 'string' ? error.code : undefined;
-}
-
-export function isConnectionFailure(error: unknown): boolean {
-  const code = errorCode(error);
-  return code !== undefined && (CONNECTION_CODES.has(code) || CONNECTION_SQLSTATE.test(code));
-}
 
 /** An error's text; Node's AggregateError (every address of a host refused) has an empty message of its own. */
 export function messageOf(error: unknown): string {

@@ -29,10 +29,7 @@ export function table<Row>(columns: readonly Column<Row>[], rows: readonly Row[]
       })
       .join('  ')
       .trimEnd();
-  return [
-    render(columns.map((c) => c.header)),
-    ...cells.map((line) => render(line)),
-  ];
+  return [render(columns.map((c) => c.header)), ...cells.map((line) => render(line))];
 }
 
 /** Label/value pairs, values aligned. */

@@ -40,3 +40,29 @@ export function isDataError(error: unknown): boolean {
   const state = sqlState(error);
   return state !== undefined && /^2[23][0-9A-Z]{3}$/.test(state);
 }
+
+/**
+ * Node's socket errors and the SQLSTATEs of a refused session: 28000 invalid authorization, 28P01 bad password,
+ * 3D000 no such database; class 08 is connection exceptions. pg reports them as `code`.
+ */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ECONNRESET',
+]);
+const CONNECTION_SQLSTATE = /^(08[0-9A-Z]{3}|28000|28P01|3D000)$/;
+
+/** The `code` of an error (a SQLSTATE, or a Node system error name), when it has one. */
+export function errorCode(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null || !('code' in error)) return undefined;
+  return typeof error.code === 'string' ? error.code : undefined;
+}
+
+/** The database could not be reached or refused the session. */
+export function isConnectionFailure(error: unknown): boolean {
+  const code = errorCode(error);
+  return code !== undefined && (CONNECTION_CODES.has(code) || CONNECTION_SQLSTATE.test(code));
+}

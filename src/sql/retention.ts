@@ -45,7 +45,13 @@ const EXPIRED = (s: SchemaName) => `
       AND sc.id <= r.done_max_id
       AND pg_visible_in_snapshot(sc.tx_id, r.done_snapshot)
       AND NOT EXISTS (SELECT 1 FROM ${s.quoted}.deliveries d WHERE d.message_id = sc.id)
-      AND NOT EXISTS (SELECT 1 FROM ${s.quoted}.dead_deliveries x WHERE x.message_id = sc.id)
+      AND NOT EXISTS (
+        SELECT 1
+        FROM ${s.quoted}.dead_deliveries x
+        WHERE x.message_id = sc.id
+          -- A dry run counts dead letters older than $4 ms as gone (the real pass deletes them first); 0: none.
+          AND ($4::bigint <= 0 OR x.dead_at >= now() - $4::bigint * interval '1 millisecond')
+      )
   )`;
 
 const SCANNED = `
@@ -115,16 +121,19 @@ export async function deleteExpiredMessages(
             (SELECT count(*) FROM deleted)::text AS messages,
             (SELECT count(*) FROM finished)::text AS finished,
             (SELECT count(*) FROM failures)::text AS failures`,
-    [p.afterId, p.limit, p.retentionMs],
+    [p.afterId, p.limit, p.retentionMs, 0],
   );
   return toBatch(rows[0]);
 }
 
-/** What deleteExpiredMessages would delete from the same batch, counted and left in place (a dry run). */
+/**
+ * What deleteExpiredMessages would delete from the same batch, counted and left in place (a dry run). Dead letters
+ * older than deadLetterRetentionMs count as deleted, as the real pass deletes them before the messages.
+ */
 export async function countExpiredMessages(
   exec: Executor,
   s: SchemaName,
-  p: { afterId: string; limit: number; retentionMs: number },
+  p: { afterId: string; limit: number; retentionMs: number; deadLetterRetentionMs: number },
 ): Promise<MessageBatch> {
   const rows = await exec.query<BatchRow>(
     `WITH ${EXPIRED(s)}
@@ -134,7 +143,7 @@ export async function countExpiredMessages(
               WHERE c.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS finished,
             (SELECT count(*) FROM ${s.quoted}.delivery_failures f
               WHERE f.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS failures`,
-    [p.afterId, p.limit, p.retentionMs],
+    [p.afterId, p.limit, p.retentionMs, p.deadLetterRetentionMs],
   );
   return toBatch(rows[0]);
 }

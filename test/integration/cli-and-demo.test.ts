@@ -13,34 +13,13 @@ function tsx(script: string, args: string[], databaseUrl: string) {
   });
 }
 
-describe('CLI and demo', () => {
+// The CLI's own tests are in cli.test.ts.
+describe('demo', () => {
   let t: OutboxTestContext;
   beforeAll(async () => {
     t = await setupOutboxTest();
   });
   afterAll(async () => t.close());
-
-  it('migrates, declares, reports status and replays through the CLI', async () => {
-    await tsx('src/cli/main.ts', ['--schema', 'cli_outbox', 'migrate'], t.db.url);
-    await tsx(
-      'src/cli/main.ts',
-      ['--schema', 'cli_outbox', 'declare', 'points', '--topic', 'order.paid'],
-      t.db.url,
-    );
-    const status = await tsx('src/cli/main.ts', ['--schema', 'cli_outbox', 'status'], t.db.url);
-    expect(JSON.parse(status.stdout)).toMatchObject({
-      subscriptions: [{ name: 'points', topics: ['order.paid'], pending: 0, dead: 0 }],
-      relay: { backlog: 0 },
-    });
-    const replay = await tsx('src/cli/main.ts', ['--schema', 'cli_outbox', 'replay', 'points'], t.db.url);
-    expect(JSON.parse(replay.stdout)).toEqual({ replayed: 0 });
-    await expect(
-      tsx('src/cli/main.ts', ['--schema', 'cli_outbox', 'replay', 'nobody'], t.db.url),
-    ).rejects.toMatchObject({
-      code: 1,
-      stderr: expect.stringContaining('OUTBOX_UNKNOWN_SUBSCRIPTION') as unknown,
-    });
-  });
 
   it('runs the demo: rolled-back order never delivered, points awarded once per order', async () => {
     const { stdout } = await tsx('examples/demo.ts', [], t.db.url);
