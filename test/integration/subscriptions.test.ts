@@ -74,7 +74,7 @@ describe('subscription settings', () => {
     expect(await stored('cli-flags')).toMatchObject({ ordered: false, block_key_on_dead: false });
     // blockKeyOnDead needs an ordered subscription: refused, nothing changes.
     await expect(cli([...args, '--block-key-on-dead'], t.db.url)).rejects.toMatchObject({
-      code: 1,
+      code: 8, // invalid input (README: CLI exit codes)
       stderr: expect.stringContaining('OUTBOX_INVALID_OPTION') as unknown,
     });
     expect(await stored('cli-flags')).toMatchObject({ ordered: false, block_key_on_dead: false });
