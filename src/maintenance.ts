@@ -4,9 +4,8 @@ import { deleteExpiredDeadDeliveries } from './sql/dead-deliveries.js';
 import { shareDeliveryIds } from './sql/locks.js';
 import { deleteExpiredProcessedKeys } from './sql/processed.js';
 import {
-  countExpiredDeadDeliveries,
   countExpiredMessages,
-  countExpiredProcessedKeys,
+  countExpired,
   deleteExpiredMessages,
   type MessageBatch,
 } from './sql/retention.js';
@@ -206,11 +205,11 @@ export async function runPurge(
     failures: messages.failures,
     deadLetters:
       retention.deadLetterRetentionMs > 0
-        ? await countExpiredDeadDeliveries(exec, s, retention.deadLetterRetentionMs)
+        ? await countExpired(exec, s, 'dead_deliveries', retention.deadLetterRetentionMs)
         : 0,
     processedKeys:
       retention.processedRetentionMs > 0
-        ? await countExpiredProcessedKeys(exec, s, retention.processedRetentionMs)
+        ? await countExpired(exec, s, 'processed', retention.processedRetentionMs)
         : 0,
   };
 }

@@ -148,31 +148,23 @@ export async function countExpiredMessages(
   return toBatch(rows[0]);
 }
 
-/** Dead letters that deleteExpiredDeadDeliveries would delete now (a dry run). */
-export async function countExpiredDeadDeliveries(
-  exec: Executor,
-  s: SchemaName,
-  retentionMs: number,
-): Promise<number> {
-  const rows = await exec.query<{ n: string }>(
-    `SELECT count(*)::text AS n
-     FROM ${s.quoted}.dead_deliveries
-     WHERE dead_at < now() - $1::bigint * interval '1 millisecond'`,
-    [retentionMs],
-  );
-  return Number(rows[0]?.n ?? 0);
-}
+/** The tables whose rows expire by a timestamp of their own, and that column (constants, never configuration). */
+const EXPIRING = { dead_deliveries: 'dead_at', processed: 'recorded_at' } as const;
 
-/** Idempotency keys that deleteExpiredProcessedKeys would delete now (a dry run). */
-export async function countExpiredProcessedKeys(
+/**
+ * Rows that deleteExpiredDeadDeliveries or deleteExpiredProcessedKeys would delete now (a dry run): dead letters
+ * that died, or idempotency keys recorded, more than `retentionMs` ago, counted through the index on that column.
+ */
+export async function countExpired(
   exec: Executor,
   s: SchemaName,
+  table: keyof typeof EXPIRING,
   retentionMs: number,
 ): Promise<number> {
   const rows = await exec.query<{ n: string }>(
     `SELECT count(*)::text AS n
-     FROM ${s.quoted}.processed
-     WHERE recorded_at < now() - $1::bigint * interval '1 millisecond'`,
+     FROM ${s.quoted}.${table}
+     WHERE ${EXPIRING[table]} < now() - $1::bigint * interval '1 millisecond'`,
     [retentionMs],
   );
   return Number(rows[0]?.n ?? 0);
