@@ -1,6 +1,6 @@
 import type { Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
-import { claimDeliveries, insertLeaseFailures, type ClaimedRow } from '../sql/claim.js';
+import { claimDeliveries, type ClaimedRow } from '../sql/claim.js';
 
 /** Claims for at least twice this many rows are split in two concurrent statements while a backlog lasts. */
 const MIN_SPLIT_CLAIM = 100;
@@ -21,8 +21,7 @@ export interface ClaimRequest {
  * (its lease is measured from there). While a backlog lasts, the claim is two concurrent statements for half each:
  * one claim stream left a database core idle between statements, and SKIP LOCKED keeps the halves disjoint. A half
  * that fails leases nothing, and the other half's rows are still accepted before the error is thrown, so they are
- * handled rather than left to their lease. Rows whose previous lease ran out get their failure recorded (see
- * insertLeaseFailures). Returns how many rows were claimed.
+ * handled rather than left to their lease. Returns how many rows were claimed.
  */
 export async function claimBatch(
   exec: Executor,
@@ -38,15 +37,11 @@ export async function claimBatch(
     parts.map((part) => claimDeliveries(exec, schema, { ...params, limit: part })),
   );
   let claimed = 0;
-  const expired: ClaimedRow[] = [];
   for (const result of results) {
     if (result.status === 'rejected' || result.value.length === 0) continue;
     claimed += result.value.length;
-    for (const row of result.value) if (row.lease_expired) expired.push(row);
     accept(result.value, sentAt);
   }
-  // Their handlers run already; a failure to write this history is thrown like a failed half, after the rows.
-  if (expired.length > 0) await insertLeaseFailures(exec, schema, request.subscriptionId, expired);
   const failed = results.find((r) => r.status === 'rejected');
   if (failed !== undefined) throw failed.reason;
   return claimed;

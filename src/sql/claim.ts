@@ -14,13 +14,6 @@ export interface ClaimedRow {
   headers: Record<string, string>;
   created_at: Date;
   deliver_at: Date | null;
-  /**
-   * The row still carried a lease: the consumer that claimed it last (previous_consumer_id, on previous_attempt)
-   * never settled it. That attempt failed; insertLeaseFailures records it.
-   */
-  lease_expired: boolean;
-  previous_attempt: number;
-  previous_consumer_id: number | null;
 }
 
 const LEASE_EXPIRED_ERROR = 'lease expired before an ack: the consumer crashed, stalled or timed out';
@@ -37,9 +30,7 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
  * statement's snapshot saw it (a release or a retry may have committed in between).
  * Lease: available_at moves to the lease end, so a leased row leaves the due range until the lease expires and
  * is then claimed again. attempt + 1 is the fencing token every ack must present. The same UPDATE records the
- * attempt's time and consumer_id for the audit trail: columns outside every index. A row that still carried a lease
- * comes back with lease_expired (the failure is written by insertLeaseFailures, in a statement of its own only when
- * there is one: an INSERT here would open delivery_failures and its indexes on every claim).
+ * attempt's time and `consumer` (host:pid:instance) for the audit trail: columns outside every index.
  * Rows that are not handed out leave deliveries, which holds only pending work: a row whose message was cancelled
  * moves to completed_deliveries (outcome 'cancelled'); one whose previous lease expired at maxAttempts (a handler
  * that crashes its process every time still ends) or whose message was deleted from messages (it would block the
@@ -163,6 +154,15 @@ export async function claimDeliveries(
               first_attempt_at, last_attempt_at, consumer_id
        FROM dropped
      ),
+     -- A row still carrying a lease was not settled by the consumer that claimed it: that attempt failed (crash,
+     -- stall, timeout) and is recorded in the failure history under the consumer that lost it. Usually no row.
+     expired AS (
+       INSERT INTO ${s.quoted}.delivery_failures
+         (message_id, subscription_id, delivery_id, attempt, error, consumer_id)
+       SELECT due.message_id, due.subscription_id, due.id, due.attempt, $5::text, due.consumer_id
+       FROM due
+       WHERE due.leased_until IS NOT NULL
+     ),
      claimed AS (
        SELECT id, message_id, state, attempt, last_error FROM leased
        UNION ALL
@@ -173,11 +173,8 @@ export async function claimDeliveries(
      -- The payload of each claimed row: a primary-key probe per row (LATERAL ... LIMIT 1), never a hash of the
      -- whole messages table.
      SELECT c.id AS delivery_id, c.message_id, c.state, c.attempt, c.last_error,
-            m.topic, m.key, m.payload, m.headers, m.created_at, m.deliver_at,
-            due.leased_until IS NOT NULL AS lease_expired, due.attempt AS previous_attempt,
-            due.consumer_id AS previous_consumer_id
+            m.topic, m.key, m.payload, m.headers, m.created_at, m.deliver_at
      FROM claimed c
-     JOIN due ON due.id = c.id
      LEFT JOIN LATERAL (
        SELECT mm.topic, mm.key, mm.payload, mm.headers, mm.created_at, mm.deliver_at
        FROM ${s.quoted}.messages mm
@@ -211,30 +208,4 @@ export async function selectNextDueMs(
   );
   const ms = rows[0]?.ms;
   return ms === null || ms === undefined ? null : Math.max(0, Number(ms));
-}
-
-/**
- * The failure history of attempts whose lease ran out (a claim found the row still leased): one row each, under the
- * consumer that lost it. Runs only when a claim returned such a row.
- */
-export async function insertLeaseFailures(
-  exec: Executor,
-  s: SchemaName,
-  subscriptionId: number,
-  rows: readonly ClaimedRow[],
-): Promise<void> {
-  await exec.query(
-    `INSERT INTO ${s.quoted}.delivery_failures
-       (message_id, subscription_id, delivery_id, attempt, error, consumer_id)
-     SELECT f.message_id, $1::int, f.delivery_id, f.attempt, $6::text, f.consumer_id
-     FROM unnest($2::bigint[], $3::bigint[], $4::int[], $5::int[]) AS f(message_id, delivery_id, attempt, consumer_id)`,
-    [
-      subscriptionId,
-      rows.map((r) => r.message_id),
-      rows.map((r) => r.delivery_id),
-      rows.map((r) => r.previous_attempt),
-      rows.map((r) => r.previous_consumer_id),
-      LEASE_EXPIRED_ERROR,
-    ],
-  );
 }
