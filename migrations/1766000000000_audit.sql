@@ -188,7 +188,7 @@ CREATE VIEW audit_relay AS
 SELECT
   count(w.created_at) AS backlog,
   coalesce(now() - min(w.created_at), interval '0') AS lag,
-  min(r.updated_at) AS updated_at
+  (SELECT updated_at FROM relay_state LIMIT 1) AS updated_at
 FROM (SELECT * FROM relay_state LIMIT 1) r
 CROSS JOIN LATERAL (
   SELECT m.created_at

@@ -1,4 +1,6 @@
+import { connectDedicated } from '../db/dedicated-client.js';
 import { withStatementTimeout } from '../db/timed-connection.js';
+import { setStatementTimeout } from '../sql/session.js';
 import type { OutboxEmitter } from '../events.js';
 import { runCleanupPass, type CleanupBounds } from '../maintenance.js';
 import { pgExecutor } from '../db/executor.js';
@@ -50,20 +52,25 @@ export function createMaintenanceLoop(
    * vacuumed here, one at a time, unless relay.vacuum is false.
    */
   async function vacuumChurnedTables(): Promise<void> {
-    await withStatementTimeout(config.pool, VACUUM_TIMEOUT_MS, async (exec) => {
-      for (const table of await selectTablesToVacuum(exec, config.schema)) {
+    const tables = await selectTablesToVacuum(pgExecutor(config.pool), config.schema);
+    if (tables.length === 0 || stopping) return;
+    // A connection of its own, closed afterwards: a cancel from stop() can only ever reach this VACUUM, never a
+    // pool connection that has gone on to run someone else's statement.
+    const client = await connectDedicated(config.pool, log, () => undefined);
+    const exec = pgExecutor(client);
+    try {
+      await setStatementTimeout(exec, VACUUM_TIMEOUT_MS);
+      vacuumPid = await selectBackendPid(exec);
+      for (const table of tables) {
         if (stopping || !isLeader()) return;
         const startedAt = Date.now();
-        vacuumPid = await selectBackendPid(exec);
-        try {
-          if (stopping) return;
-          await vacuumTable(exec, config.schema, table);
-        } finally {
-          vacuumPid = null;
-        }
+        await vacuumTable(exec, config.schema, table);
         log.info({ table, durationMs: Date.now() - startedAt }, 'vacuum');
       }
-    });
+    } finally {
+      vacuumPid = null;
+      await client.end().catch(() => undefined);
+    }
   }
 
   async function loop(): Promise<void> {
