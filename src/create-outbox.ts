@@ -23,6 +23,8 @@ import { SideConnection } from './db/side-connection.js';
 import { createRelay } from './relay/relay.js';
 import { resetRelay, type ResetRelayResult } from './relay/reset.js';
 import { createLifecycle } from './runtime/lifecycle.js';
+import { TelemetryHub } from './telemetry/hub.js';
+import { attachMetrics, type MetricsOptions, type OutboxMetrics } from './telemetry/metrics.js';
 import { Listener } from './runtime/listener.js';
 import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
@@ -116,6 +118,12 @@ export interface Outbox {
   resetRelay(): Promise<ResetRelayResult>;
   /** The retention of idempotency keys and dead letters only; purge() does all of it. */
   cleanup(): Promise<CleanupResult>;
+  /**
+   * Prometheus metrics of this Outbox on a prom-client registry (prom-client is an optional peer dependency):
+   * counters and histograms of what this process publishes, relays and handles, and gauges of the database's
+   * figures read on scrape. See README, "Metrics".
+   */
+  metrics(options?: MetricsOptions): Promise<OutboxMetrics>;
   on<E extends EventName>(event: E, listener: EventListener<E>): void;
   off<E extends EventName>(event: E, listener: EventListener<E>): void;
   /** The pino logger in use. */
@@ -133,8 +141,9 @@ export function createOutbox(options: OutboxOptions): Outbox {
   const { pool, schema } = config;
   const log = config.logger.child({ component: 'outbox', schema: schema.name });
   const events = new OutboxEmitter();
-  const producer = { schema, maxPayloadBytes: config.maxPayloadBytes };
-  const relay = createRelay(config, events);
+  const telemetry = new TelemetryHub();
+  const producer = { schema, maxPayloadBytes: config.maxPayloadBytes, telemetry };
+  const relay = createRelay(config, events, telemetry);
   const listener = new Listener(pool, schema, config.logger, events);
   const consumers = new Map<string, Consumer>();
   // Lease extensions of all this Outbox's consumers, on a connection outside the pool (see SideConnection).
@@ -215,6 +224,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
         handler: withPayloadSchema(handler as Handler<unknown>, resolved.schema),
         logger: config.logger,
         events,
+        telemetry,
       });
       consumers.set(name, consumer);
       lifecycle.subscribed(name, consumer);
@@ -254,6 +264,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
     resetRelay: () => resetRelay(pool, schema, config.logger),
     cleanup: () =>
       withStatementTimeout(pool, config.relay.sessionTimeoutMs, (exec) => runCleanup(exec, schema, config)),
+    metrics: (opts) =>
+      attachMetrics(telemetry, { schema: schema.name, status: () => readStatus(pool, schema) }, opts),
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };

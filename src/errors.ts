@@ -20,7 +20,8 @@ export type OutboxErrorCode =
   | 'OUTBOX_SUBSCRIPTION_CONFLICT'
   | 'OUTBOX_RELAY_CLUSTER_CHANGED'
   | 'OUTBOX_UNKNOWN_MESSAGE'
-  | 'OUTBOX_REPLAY_BEYOND_RETENTION';
+  | 'OUTBOX_REPLAY_BEYOND_RETENTION'
+  | 'OUTBOX_MISSING_DEPENDENCY';
 
 export class OutboxError extends Error {
   override readonly name = 'OutboxError';

@@ -49,7 +49,7 @@ export function toClaimed(subscription: string, row: ClaimedRow, lease: Lease): 
       id: row.message_id,
       deliveryId: row.delivery_id,
       subscription,
-      topic: row.topic,
+      topic: row.topic ?? '', // a pending row's message exists: the claim dead-letters one whose message is gone
       key: row.key,
       payload: row.payload,
       headers: row.headers,
@@ -60,17 +60,24 @@ export function toClaimed(subscription: string, row: ClaimedRow, lease: Lease): 
   };
 }
 
-export function doneSettlement(c: Claimed): Settlement {
-  return { deliveryId: c.message.deliveryId, attempt: c.attempt, outcome: 'done', delayMs: 0, error: null };
+export function doneSettlement(c: Claimed): HandledOutcome {
+  const { deliveryId, topic } = c.message;
+  return { deliveryId, topic, attempt: c.attempt, outcome: 'done', delayMs: 0, error: null };
 }
 
 /**
  * Never throws, whatever the handler threw (errorText and failureOutcome are total), and carries only values the
  * settle statement can store: a throw here would leave the delivery unsettled until its lease ran out.
  */
-export function failedSettlement(c: Claimed, error: unknown, policy: RetryPolicy): Settlement {
+export function failedSettlement(c: Claimed, error: unknown, policy: RetryPolicy): HandledOutcome {
   const { outcome, delayMs } = failureOutcome(error, c.attempt, policy);
-  return { deliveryId: c.message.deliveryId, attempt: c.attempt, outcome, delayMs, error: errorText(error) };
+  const { deliveryId, topic } = c.message;
+  return { deliveryId, topic, attempt: c.attempt, outcome, delayMs, error: errorText(error) };
+}
+
+/** A handler's outcome to record, and the topic it is counted under once recorded. */
+export interface HandledOutcome extends Settlement {
+  topic: string;
 }
 
 /** The (delivery, attempt) pair that fences every write about a claimed delivery. */

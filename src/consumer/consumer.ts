@@ -8,11 +8,20 @@ import type { ResolvedSubscribeOptions } from '../options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
 import { claimBatch } from './claim-batch.js';
-import { releaseDeliveries, settleDeliveries, settlementKey, type Settlement } from '../sql/deliveries.js';
+import { releaseDeliveries, settleDeliveries, settlementKey } from '../sql/deliveries.js';
 import type { SubscriptionSettings } from '../sql/subscriptions.js';
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
-import { doneSettlement, failedSettlement, fenceOf, Lease, toClaimed, type Claimed } from './claimed.js';
+import {
+  doneSettlement,
+  failedSettlement,
+  fenceOf,
+  Lease,
+  toClaimed,
+  type Claimed,
+  type HandledOutcome,
+} from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
+import type { TelemetryHub } from '../telemetry/hub.js';
 import { LeaseKeeper } from './lease-keeper.js';
 import { SettleBuffer } from './settle-buffer.js';
 import { runTransactionalLane } from './transactional-lane.js';
@@ -27,6 +36,7 @@ export interface ConsumerConfig {
   handler: Handler<LeaseContext> | Handler<TransactionalContext>;
   logger: Logger;
   events: OutboxEmitter;
+  telemetry: TelemetryHub;
 }
 
 /** When due rows exist but other consumers hold them, wait this long before claiming again. */
@@ -62,7 +72,7 @@ export class Consumer {
   private readonly lanes = new Set<Promise<void>>();
   /** Deliveries inside running lanes. */
   private active = 0;
-  private readonly settler: SettleBuffer;
+  private readonly settler: SettleBuffer<HandledOutcome>;
   private readonly keeper: LeaseKeeper;
   private readonly log: Logger;
   private readonly policy: RetryPolicy;
@@ -71,7 +81,7 @@ export class Consumer {
     this.log = config.logger.child({ component: 'consumer', subscription: config.name });
     this.policy = { maxAttempts: config.options.maxAttempts, ...config.options.retry };
     this.keeper = new LeaseKeeper(config.leaseConnection, config.schema, config.options.leaseMs, this.log);
-    this.settler = new SettleBuffer(
+    this.settler = new SettleBuffer<HandledOutcome>(
       (items) => settleDeliveries(pgExecutor(config.pool), config.schema, items),
       (items, settled) => this.report(items, settled),
       this.log,
@@ -243,7 +253,7 @@ export class Consumer {
     const handler = this.config.handler as Handler<LeaseContext>;
     const context = this.keeper.track(c);
     try {
-      await handler(c.message, context);
+      await this.config.telemetry.handle(c.message, async () => handler(c.message, context));
       this.settler.add(doneSettlement(c));
     } catch (error) {
       this.settler.add(failedSettlement(c, error, this.policy));
@@ -260,6 +270,7 @@ export class Consumer {
           schema: this.config.schema,
           subscription: this.config.name,
           handler: this.config.handler,
+          telemetry: this.config.telemetry,
           policy: this.policy,
           log: this.log,
           isStopping: () => this.stopping,
@@ -284,17 +295,23 @@ export class Consumer {
     const info = { subscription: this.config.name, deliveryId: row.delivery_id, attempt: row.attempt };
     this.log.warn({ ...info, reason: row.last_error }, 'delivery dead-lettered at claim');
     this.config.events.emit('delivery:dead', { ...info, error: row.last_error });
+    // A delivery whose message is gone has no topic left to count it under.
+    this.config.telemetry.settled(this.config.name, row.topic ?? '', 'dead');
   }
 
-  private report(items: Settlement[], settled: Set<string>): void {
+  private report(items: HandledOutcome[], settled: Set<string>): void {
     let retried = false;
     for (const item of items) {
+      // Only this attempt's copy: after a retry the delivery may be held again already, on its next attempt.
       const c = this.held.get(item.deliveryId);
-      if (c !== undefined) this.forget(c);
+      if (c !== undefined && c.attempt === item.attempt) this.forget(c);
       const info = { subscription: this.config.name, deliveryId: item.deliveryId, attempt: item.attempt };
       if (!settled.has(settlementKey(item))) {
         this.log.warn(info, 'outcome not recorded: the lease had expired and the delivery was claimed again');
-      } else if (item.outcome === 'retry') {
+        continue;
+      }
+      this.config.telemetry.settled(this.config.name, item.topic, item.outcome);
+      if (item.outcome === 'retry') {
         retried = true;
         this.log.info({ ...info, delayMs: item.delayMs }, 'delivery failed; retry scheduled');
         this.config.events.emit('delivery:retry', { ...info, delayMs: item.delayMs });

@@ -8,8 +8,8 @@ const MAX_PER_STATEMENT = 1000;
 const MAX_TRIES_ALONE = 3;
 
 /** What a write left unwritten when a connection or availability error stopped it. */
-interface Unwritten {
-  items: Settlement[];
+interface Unwritten<T> {
+  items: T[];
   error: unknown;
 }
 
@@ -19,18 +19,18 @@ interface Unwritten {
  * connection or availability error is retried whole, with backoff; the leases keep the deliveries safe meanwhile.
  * A write that fails on its data is split so that one bad outcome does not hold up the others (see writeSplitting).
  */
-export class SettleBuffer {
-  private items: Settlement[] = [];
+export class SettleBuffer<T extends Settlement = Settlement> {
+  private items: T[] = [];
   private draining: Promise<void> | null = null;
   private closing = false;
 
   constructor(
-    private readonly write: (items: Settlement[]) => Promise<Set<string>>,
-    private readonly onWritten: (items: Settlement[], settled: Set<string>) => void,
+    private readonly write: (items: T[]) => Promise<Set<string>>,
+    private readonly onWritten: (items: T[], settled: Set<string>) => void,
     private readonly log: Logger,
   ) {}
 
-  add(item: Settlement): void {
+  add(item: T): void {
     this.items.push(item);
     // Yield once so outcomes finishing in the same tick share the statement.
     this.draining ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.drain());
@@ -74,7 +74,7 @@ export class SettleBuffer {
    * Nothing is lost: its lease expires and the delivery comes back. Any other error stops the write and returns
    * what is not written yet, to be retried whole.
    */
-  private async writeSplitting(batch: Settlement[]): Promise<Unwritten | null> {
+  private async writeSplitting(batch: T[]): Promise<Unwritten<T> | null> {
     const parts = [batch];
     let triesAlone = 0;
     let warned = false;
@@ -108,7 +108,7 @@ export class SettleBuffer {
     return null;
   }
 
-  private giveUp(alone: Settlement[], error: unknown): void {
+  private giveUp(alone: T[], error: unknown): void {
     for (const { deliveryId, attempt, outcome } of alone) {
       this.log.error(
         { err: error, deliveryId, attempt, outcome },

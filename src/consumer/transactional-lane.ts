@@ -4,23 +4,20 @@ import { inPoolTransaction } from '../db/checkout.js';
 import { pgExecutor } from '../db/executor.js';
 import { isTransactionConflict } from '../db/pg-errors.js';
 import type { SchemaName } from '../db/identifiers.js';
-import {
-  lockClaimedDeliveries,
-  releaseDeliveries,
-  settleDeliveries,
-  type Settlement,
-} from '../sql/deliveries.js';
+import { lockClaimedDeliveries, releaseDeliveries, settleDeliveries } from '../sql/deliveries.js';
 import { assertKeyPart } from '../idempotency-key.js';
 import { insertProcessedKey } from '../sql/processed.js';
 import type { Handler, OnceResult, TransactionalContext } from '../types.js';
-import { doneSettlement, failedSettlement, fenceOf, type Claimed } from './claimed.js';
+import { doneSettlement, failedSettlement, fenceOf, type Claimed, type HandledOutcome } from './claimed.js';
 import type { RetryPolicy } from './retry-policy.js';
+import type { TelemetryHub } from '../telemetry/hub.js';
 
 export interface LaneConfig {
   pool: pg.Pool;
   schema: SchemaName;
   subscription: string;
   handler: Handler<TransactionalContext>;
+  telemetry: TelemetryHub;
   policy: RetryPolicy;
   log: Logger;
   isStopping: () => boolean;
@@ -29,14 +26,14 @@ export interface LaneConfig {
 }
 
 export interface LaneResult {
-  settlements: Settlement[];
+  settlements: HandledOutcome[];
   settled: Set<string>;
 }
 
 class HandlerFailed extends Error {
   constructor(
     readonly index: number,
-    readonly settlement: Settlement,
+    readonly settlement: HandledOutcome,
     cause: unknown,
   ) {
     super('handler failed', { cause });
@@ -98,7 +95,7 @@ function recordFailure(config: LaneConfig) {
 async function runInTransaction(
   config: LaneConfig,
   chunk: Claimed[],
-  failures: Settlement[] = [],
+  failures: HandledOutcome[] = [],
 ): Promise<LaneResult> {
   const lost = new AbortController();
   const onConnectionError = (error: Error) => {
@@ -118,7 +115,7 @@ async function runInTransaction(
 function runOnConnection(
   config: LaneConfig,
   chunk: Claimed[],
-  failures: Settlement[],
+  failures: HandledOutcome[],
   signal: AbortSignal,
   onConnectionError: (error: Error) => void,
 ): Promise<LaneResult> {
@@ -138,7 +135,8 @@ function runOnConnection(
           continue;
         }
         try {
-          await config.handler(c.message, context(config, client, c, signal));
+          const ctx = context(config, client, c, signal);
+          await config.telemetry.handle(c.message, async () => config.handler(c.message, ctx));
         } catch (error) {
           throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
         }

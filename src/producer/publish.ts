@@ -4,11 +4,13 @@ import { OutboxError } from '../errors.js';
 import { isUndefinedTableOrSchema } from '../db/pg-errors.js';
 import { insertMessage, insertMessages, selectDedupIds } from '../sql/messages.js';
 import type { PublishInput, PublishOptions, PublishResult } from '../types.js';
+import type { TelemetryHub } from '../telemetry/hub.js';
 import { messageRow, type MessageRow } from './message-input.js';
 
 export interface ProducerConfig {
   schema: SchemaName;
   maxPayloadBytes: number;
+  telemetry: TelemetryHub;
 }
 
 /** Rounds of "insert, conflict, the other writer rolled back" before giving up. */
@@ -46,6 +48,13 @@ async function existingIds(exec: Executor, s: SchemaName, rows: MessageRow[]): P
   return new Map(found.map((f) => [dedupId(f.topic, f.dedup_key), f.id]));
 }
 
+function countPublished(telemetry: TelemetryHub, written: MessageRow[]): void {
+  if (!telemetry.active) return;
+  const byTopic = new Map<string, number>();
+  for (const r of written) byTopic.set(r.topic, (byTopic.get(r.topic) ?? 0) + 1);
+  for (const [topic, count] of byTopic) telemetry.published(topic, count);
+}
+
 export async function publish(
   config: ProducerConfig,
   db: Queryable,
@@ -57,7 +66,10 @@ export async function publish(
   const exec = toExecutor(db);
   for (let round = 1; round <= MAX_DEDUP_ROUNDS; round++) {
     const id = await insertMessage(exec, config.schema, row).catch(explainMissingSchema(config.schema));
-    if (id !== null) return { id, duplicate: false };
+    if (id !== null) {
+      config.telemetry.published(row.topic, 1);
+      return { id, duplicate: false };
+    }
     const existing = (await existingIds(exec, config.schema, [row])).get(
       dedupId(row.topic, row.dedupKey ?? ''),
     );
@@ -94,6 +106,7 @@ export async function publishMany(
     const inserted = await insertMessages(exec, config.schema, rows).catch(
       explainMissingSchema(config.schema),
     );
+    countPublished(config.telemetry, rows);
     return inserted.map((r) => ({ id: r.id, duplicate: false }));
   }
   // The first row of each (topic, dedupKey) in the call is inserted; later ones in the same call are duplicates.
@@ -137,6 +150,10 @@ export async function publishMany(
       if (id !== undefined) results.set(r, { id, duplicate: true });
       return id === undefined;
     });
+  }
+  if (config.telemetry.active) {
+    const written = rows.filter((r, i) => firstIndex[i] === i && results.get(r)?.duplicate === false);
+    countPublished(config.telemetry, written);
   }
   return rows.map((r, i) => {
     const first = results.get(rows[firstIndex[i] ?? i] ?? r);

@@ -17,6 +17,7 @@ import { OutboxError } from '../errors.js';
 import { createMaintenanceLoop } from '../runtime/maintenance-loop.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { isUniqueViolation } from '../db/pg-errors.js';
+import type { TelemetryHub } from '../telemetry/hub.js';
 
 /*
  * Why snapshots, not ids. Message ids are taken at INSERT but rows become visible at COMMIT, so "everything
@@ -45,7 +46,7 @@ export interface Relay {
   isLeader(): boolean;
 }
 
-export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Relay {
+export function createRelay(config: ResolvedOptions, events: OutboxEmitter, telemetry: TelemetryHub): Relay {
   const log: Logger = config.logger.child({ component: 'relay', schema: config.schema.name });
   const { batchSize, pollIntervalMs, standbyPollMs } = config.relay;
   const wakeup = new Wakeup();
@@ -94,6 +95,7 @@ export function createRelay(config: ResolvedOptions, events: OutboxEmitter): Rel
       if (result.messages > 0) {
         log.debug({ messages: result.messages, deliveries: result.deliveries }, 'relay batch');
         events.emit('relay:batch', { messages: result.messages, deliveries: result.deliveries });
+        telemetry.relayed(result.byTopic);
       }
       return result.messages;
     } catch (error) {

@@ -8,7 +8,8 @@ export interface ClaimedRow {
   state: 'pending' | 'dead' | 'cancelled';
   attempt: number;
   last_error: string | null;
-  topic: string;
+  /** Null only on a 'dead' row whose message no longer exists (the message columns come from a LEFT JOIN). */
+  topic: string | null;
   key: string | null;
   payload: unknown;
   headers: Record<string, string>;

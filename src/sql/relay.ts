@@ -135,6 +135,8 @@ export async function readRelayWindow(exec: Executor, s: SchemaName): Promise<Re
 export interface RelayBatchResult {
   messages: number;
   deliveries: number;
+  /** The batch's messages per topic (for metrics). */
+  byTopic: Record<string, number>;
   /** False when relay_state changed under us (another relay): the caller rolls back. */
   stateWritten: boolean;
 }
@@ -197,7 +199,12 @@ export async function relayBatch(
   if (w.legacyPosition !== null) params.push(w.legacyPosition.tx, w.legacyPosition.id);
   params.push(w.windowOpen);
   const windowOpen = `$${params.length}::boolean`;
-  const rows = await exec.query<{ messages: string; deliveries: string; written: string }>(
+  const rows = await exec.query<{
+    messages: string;
+    deliveries: string;
+    written: string;
+    by_topic: Record<string, number> | null;
+  }>(
     `WITH batch AS (
        SELECT id, topic, key, deliver_at, created_at
        FROM (
@@ -288,7 +295,9 @@ export async function relayBatch(
        (SELECT count(*) FROM batch)::text AS messages,
        (SELECT count(*) FROM inserted)::text AS deliveries,
        (SELECT count(*) FROM written)::text AS written,
-       (SELECT count(*) FROM notified)::text AS notified`,
+       (SELECT count(*) FROM notified)::text AS notified,
+       -- A grouping of the batch's rows (at most the batch size), already in memory.
+       (SELECT json_object_agg(topic, n) FROM (SELECT topic, count(*) AS n FROM batch GROUP BY topic) t) AS by_topic`,
     params,
   );
   const row = rows[0];
@@ -296,6 +305,7 @@ export async function relayBatch(
   return {
     messages,
     deliveries: Number(row?.deliveries ?? 0),
+    byTopic: row?.by_topic ?? {},
     stateWritten: (messages === 0 && !w.windowOpen) || row?.written === '1',
   };
 }

@@ -1,0 +1,69 @@
+import type { OutboxMessage } from '../types.js';
+
+/** How a handled delivery ended, once its outcome is recorded (a fenced-out write is no outcome). */
+export type SettledOutcome = 'done' | 'retry' | 'dead';
+
+/**
+ * What one observer (metrics, tracing) hears from the producer, the relay and the consumers. Every method is
+ * optional; none may throw into the caller (the hub catches), and none may be slow: they run on the hot paths.
+ */
+export interface TelemetrySink {
+  /** Messages written by publish or publishMany (duplicates of a dedupKey excluded), before the caller commits. */
+  published?(topic: string, count: number): void;
+  /** Messages fanned out by a committed relay batch, by topic. */
+  relayed?(byTopic: Readonly<Record<string, number>>): void;
+  /** Wraps one handler call: runs `run` and returns what it returns (or throws what it throws). */
+  handle?<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T>;
+  /** A delivery's outcome was recorded: acked, scheduled for a retry, or dead-lettered. */
+  settled?(subscription: string, topic: string, outcome: SettledOutcome): void;
+}
+
+type Wrap = NonNullable<TelemetrySink['handle']>;
+
+/**
+ * The observers of one Outbox. With none attached every call is a length check, so an Outbox without metrics or
+ * tracing pays nothing measurable for them.
+ */
+export class TelemetryHub {
+  private sinks: TelemetrySink[] = [];
+
+  /** Whether any observer is attached: callers skip preparing what nobody hears. */
+  get active(): boolean {
+    return this.sinks.length > 0;
+  }
+
+  add(sink: TelemetrySink): () => void {
+    this.sinks = [...this.sinks, sink];
+    return () => {
+      this.sinks = this.sinks.filter((s) => s !== sink);
+    };
+  }
+
+  published(topic: string, count: number): void {
+    for (const s of this.sinks) guard(() => s.published?.(topic, count));
+  }
+
+  relayed(byTopic: Readonly<Record<string, number>>): void {
+    for (const s of this.sinks) guard(() => s.relayed?.(byTopic));
+  }
+
+  handle<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
+    if (this.sinks.length === 0) return run();
+    // The first sink's wrapper is the outermost (a tracing span then also covers the metrics' timing).
+    const wraps = this.sinks.flatMap<Wrap>((s) => (s.handle === undefined ? [] : [s.handle.bind(s)]));
+    return wraps.reduceRight<() => Promise<T>>((inner, wrap) => () => wrap(message, inner), run)();
+  }
+
+  settled(subscription: string, topic: string, outcome: SettledOutcome): void {
+    for (const s of this.sinks) guard(() => s.settled?.(subscription, topic, outcome));
+  }
+}
+
+/** An observer's bug must never fail a publish, a relay batch or a delivery. */
+function guard<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}
