@@ -24,6 +24,7 @@ import { createRelay } from './relay/relay.js';
 import { resetRelay, type ResetRelayResult } from './relay/reset.js';
 import { createLifecycle } from './runtime/lifecycle.js';
 import { TelemetryHub } from './telemetry/hub.js';
+import { createTracing } from './telemetry/tracing.js';
 import { attachMetrics, type MetricsOptions, type OutboxMetrics } from './telemetry/metrics.js';
 import { Listener } from './runtime/listener.js';
 import { cancelDeliveries } from './sql/deliveries.js';
@@ -142,6 +143,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
   const log = config.logger.child({ component: 'outbox', schema: schema.name });
   const events = new OutboxEmitter();
   const telemetry = new TelemetryHub();
+  const tracing = createTracing(config.tracing);
+  if (tracing !== null) telemetry.add(tracing);
   const producer = { schema, maxPayloadBytes: config.maxPayloadBytes, telemetry };
   const relay = createRelay(config, events, telemetry);
   const listener = new Listener(pool, schema, config.logger, events);

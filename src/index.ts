@@ -14,6 +14,7 @@ export type { Queryable, TransactionOf } from './db/executor.js';
 export type { DeadLetterQuery } from './admin.js';
 export type { CleanupResult } from './maintenance.js';
 export type { MetricsOptions, MetricsRegistry, OutboxMetrics } from './telemetry/metrics.js';
+export type { TracingOptions } from './telemetry/tracing.js';
 export type { ResetRelayResult } from './relay/reset.js';
 export { createWeakCheck, type WeakCheck, type WeakCheckOptions, type RedisCommands } from './weak-check.js';
 export type * from './types.js';

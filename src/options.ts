@@ -5,6 +5,7 @@ import { pino, type Logger } from 'pino';
 import { OutboxError } from './errors.js';
 import { schemaName, type SchemaName } from './db/identifiers.js';
 import type { ConsumerIdentity } from './sql/consumers.js';
+import type { TracingOptions } from './telemetry/tracing.js';
 import { topicFilter, type TopicFilter } from './topics.js';
 import type { StandardSchemaV1, SubscribeOptions, SubscriptionMode } from './types.js';
 
@@ -77,6 +78,17 @@ export interface OutboxOptions {
    * `host:pid:instance`. At most 64 characters, no ':'. @defaultValue 8 random hex characters per Outbox
    */
   instance?: string;
+  /**
+   * OpenTelemetry tracing: a `send` span per publish whose context the messages carry in their headers, and a
+   * `process` span per handler call (see README, Tracing). `true` / `false` set `enabled`.
+   * @defaultValue { enabled: 'auto', link: false }: on when @opentelemetry/api is installed
+   */
+  tracing?: boolean | TracingOptions;
+}
+
+export interface ResolvedTracing extends TracingOptions {
+  enabled: boolean | 'auto';
+  link: boolean;
 }
 
 export interface ResolvedOptions {
@@ -92,6 +104,7 @@ export interface ResolvedOptions {
   retentionMs: number;
   /** Who runs this Outbox's consumers, recorded with every attempt (consumers table). */
   identity: ConsumerIdentity;
+  tracing: ResolvedTracing;
 }
 
 export interface ResolvedSubscribeOptions {
@@ -187,6 +200,7 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     'deadLetterRetentionMs',
     'retentionMs',
     'instance',
+    'tracing',
   ]);
   if (typeof options.pool?.connect !== 'function' || !('totalCount' in options.pool)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'createOutbox needs `pool`: a pg.Pool', {
@@ -241,6 +255,30 @@ export function resolveOptions(options: OutboxOptions): ResolvedOptions {
     ),
     retentionMs: integer('retentionMs', o.retentionMs, 7 * DAY_MS, 0, 3650 * DAY_MS),
     identity: { host: hostname(), pid: process.pid, instance: instanceName(o.instance) },
+    tracing: resolveTracing(o.tracing),
+  };
+}
+
+function resolveTracing(value: unknown): ResolvedTracing {
+  if (typeof value === 'boolean') return { enabled: value, link: false };
+  const t = objectOrEmpty('tracing', value);
+  assertKnownKeys('tracing', t, ['enabled', 'link', 'tracerProvider']);
+  const enabled = t.enabled ?? 'auto';
+  if (enabled !== 'auto' && typeof enabled !== 'boolean') {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', "tracing.enabled must be true, false or 'auto'", {
+      value: enabled,
+    });
+  }
+  const provider = t.tracerProvider as { getTracer?: unknown } | undefined;
+  if (provider !== undefined && typeof provider.getTracer !== 'function') {
+    throw new OutboxError('OUTBOX_INVALID_OPTION', 'tracing.tracerProvider must have getTracer()', {
+      value: typeof provider,
+    });
+  }
+  return {
+    enabled,
+    link: boolean('tracing.link', t.link, false),
+    tracerProvider: t.tracerProvider as TracingOptions['tracerProvider'],
   };
 }
 

@@ -103,6 +103,17 @@ function headersJson(headers: unknown): string {
   return toJson(headers, 'headers', 'OUTBOX_INVALID_HEADERS');
 }
 
+/** A checked row with headers added under its own (trace context): a header the caller set is kept as it is. */
+export function addHeaders(row: MessageRow, added: Record<string, string>): MessageRow {
+  const own = JSON.parse(row.headers) as Record<string, string>;
+  const headers = JSON.stringify({ ...added, ...own });
+  return {
+    ...row,
+    headers,
+    jsonBytes: row.jsonBytes - Buffer.byteLength(row.headers) + Buffer.byteLength(headers),
+  };
+}
+
 function due(options: PublishOptions): { deliverAt: Date | null; delayMs: number | null } {
   const { deliverAt, delayMs } = options;
   if (deliverAt !== undefined && delayMs !== undefined) {

@@ -5,7 +5,7 @@ import { isUndefinedTableOrSchema } from '../db/pg-errors.js';
 import { insertMessage, insertMessages, selectDedupIds } from '../sql/messages.js';
 import type { PublishInput, PublishOptions, PublishResult } from '../types.js';
 import type { TelemetryHub } from '../telemetry/hub.js';
-import { messageRow, type MessageRow } from './message-input.js';
+import { addHeaders, messageRow, type MessageRow } from './message-input.js';
 
 export interface ProducerConfig {
   schema: SchemaName;
@@ -64,6 +64,34 @@ export async function publish(
 ): Promise<PublishResult> {
   const row = messageRow(topic, payload, options, config.maxPayloadBytes);
   const exec = toExecutor(db);
+  const write = async ([checked]: MessageRow[]) => writeOne(config, exec, checked ?? row);
+  return observed(config.telemetry, [row], write, (r) => [r.id]);
+}
+
+/**
+ * Runs a publish call inside its observers' scope (a tracing span): its messages carry the scope's headers, and
+ * the scope ends with the call's ids or its error.
+ */
+async function observed<T>(
+  telemetry: TelemetryHub,
+  rows: MessageRow[],
+  write: (rows: MessageRow[]) => Promise<T>,
+  idsOf: (result: T) => string[],
+): Promise<T> {
+  const scope = telemetry.publishing([...new Set(rows.map((r) => r.topic))], rows.length);
+  if (scope === undefined) return write(rows);
+  const added = scope.headers;
+  try {
+    const result = await write(added === undefined ? rows : rows.map((r) => addHeaders(r, added)));
+    scope.end(undefined, idsOf(result));
+    return result;
+  } catch (error) {
+    scope.end(error);
+    throw error;
+  }
+}
+
+async function writeOne(config: ProducerConfig, exec: Executor, row: MessageRow): Promise<PublishResult> {
   for (let round = 1; round <= MAX_DEDUP_ROUNDS; round++) {
     const id = await insertMessage(exec, config.schema, row).catch(explainMissingSchema(config.schema));
     if (id !== null) {
@@ -99,8 +127,17 @@ export async function publishMany(
     const { topic, payload, ...options } = m;
     return messageRow(topic, payload, options, config.maxPayloadBytes);
   });
-  const exec = toExecutor(db);
   if (rows.length === 0) return [];
+  const exec = toExecutor(db);
+  const write = (checked: MessageRow[]) => writeMany(config, exec, checked);
+  return observed(config.telemetry, rows, write, (results) => results.map((r) => r.id));
+}
+
+async function writeMany(
+  config: ProducerConfig,
+  exec: Executor,
+  rows: MessageRow[],
+): Promise<PublishResult[]> {
   if (rows.every((r) => r.dedupKey === null)) {
     // Nothing to deduplicate: every row is inserted, with ids in input order.
     const inserted = await insertMessages(exec, config.schema, rows).catch(

@@ -3,11 +3,21 @@ import type { OutboxMessage } from '../types.js';
 /** How a handled delivery ended, once its outcome is recorded (a fenced-out write is no outcome). */
 export type SettledOutcome = 'done' | 'retry' | 'dead';
 
+/** One publish or publishMany call as an observer sees it (a tracing span). */
+export interface PublishScope {
+  /** Headers every message of the call stores (trace context); the caller's own headers win. */
+  headers: Record<string, string> | undefined;
+  /** The call ended: with the error it threw, or with the ids it wrote. */
+  end(error?: unknown, ids?: readonly string[]): void;
+}
+
 /**
  * What one observer (metrics, tracing) hears from the producer, the relay and the consumers. Every method is
  * optional; none may throw into the caller (the hub catches), and none may be slow: they run on the hot paths.
  */
 export interface TelemetrySink {
+  /** A publish or publishMany call starts (after its input was checked). */
+  publishing?(topics: readonly string[], count: number): PublishScope;
   /** Messages written by publish or publishMany (duplicates of a dedupKey excluded), before the caller commits. */
   published?(topic: string, count: number): void;
   /** Messages fanned out by a committed relay batch, by topic. */
@@ -36,6 +46,24 @@ export class TelemetryHub {
     this.sinks = [...this.sinks, sink];
     return () => {
       this.sinks = this.sinks.filter((s) => s !== sink);
+    };
+  }
+
+  /** The scopes of the observers that watch publishing, as one; undefined when none does. */
+  publishing(topics: readonly string[], count: number): PublishScope | undefined {
+    if (this.sinks.length === 0) return undefined;
+    const scopes = this.sinks.flatMap((s) => {
+      const scope = s.publishing === undefined ? undefined : guard(() => s.publishing?.(topics, count));
+      return scope === undefined ? [] : [scope];
+    });
+    if (scopes.length === 0) return undefined;
+    const headers = scopes.reduce<Record<string, string> | undefined>(
+      (all, scope) => (scope.headers === undefined ? all : { ...all, ...scope.headers }),
+      undefined,
+    );
+    return {
+      headers,
+      end: (error, ids) => scopes.forEach((scope) => guard(() => scope.end(error, ids))),
     };
   }
 
