@@ -25,6 +25,13 @@ import { resetRelay, type ResetRelayResult } from './relay/reset.js';
 import { createLifecycle } from './runtime/lifecycle.js';
 import { TelemetryHub } from './telemetry/hub.js';
 import { createTracing } from './telemetry/tracing.js';
+import { adminData } from './admin-ui/bind.js';
+import {
+  createAdminHandler,
+  type AdminHandlerOptions,
+  type AdminRequestHandler,
+} from './admin-ui/handler.js';
+import { discardDeadLetters, type DiscardOptions } from './discard-dead-letters.js';
 import { attachMetrics, type MetricsOptions, type OutboxMetrics } from './telemetry/metrics.js';
 import { Listener } from './runtime/listener.js';
 import { cancelDeliveries } from './sql/deliveries.js';
@@ -125,6 +132,16 @@ export interface Outbox {
    * figures read on scrape. See README, "Metrics".
    */
   metrics(options?: MetricsOptions): Promise<OutboxMetrics>;
+  /**
+   * Gives up on dead letters (`{ ids }` or `{ all: true }`): finished as 'cancelled' in the audit trail; a key that
+   * one of them blocked goes on.
+   */
+  discardDeadLetters(name: string, options: DiscardOptions): Promise<{ discarded: number }>;
+  /**
+   * The admin page as a node:http request handler (Express and Fastify pass their raw request and response):
+   * subscriptions, dead letters with Replay and Discard, a message's journey, search by key. See README.
+   */
+  adminHandler(options?: AdminHandlerOptions): AdminRequestHandler;
   on<E extends EventName>(event: E, listener: EventListener<E>): void;
   off<E extends EventName>(event: E, listener: EventListener<E>): void;
   /** The pino logger in use. */
@@ -269,6 +286,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
       withStatementTimeout(pool, config.relay.sessionTimeoutMs, (exec) => runCleanup(exec, schema, config)),
     metrics: (opts) =>
       attachMetrics(telemetry, { schema: schema.name, status: () => readStatus(pool, schema) }, opts),
+    discardDeadLetters: (name, opts) => discardDeadLetters(pool, schema, name, opts),
+    adminHandler: (opts = {}) => createAdminHandler(adminData(pool, schema), opts, log),
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };

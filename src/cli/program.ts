@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { addAdminCommand } from './commands/admin.js';
 import { addDeadLetterCommands } from './commands/dead-letters.js';
 import { addMessageCommands } from './commands/messages.js';
 import { addPurgeCommand } from './commands/purge.js';
@@ -16,7 +17,7 @@ import { sessionRunner } from './session.js';
 export function buildProgram(): Command {
   const program = new Command('pg-outbox')
     .description(
-      'Operate a pg-outbox schema: migrations, subscriptions, status, messages, dead letters, replay, relay',
+      'Operate a pg-outbox schema: migrations, subscriptions, status, messages, dead letters, replay, relay, admin page',
     )
     .option('--database-url <url>', 'PostgreSQL connection string (default: $DATABASE_URL)')
     .option('--schema <name>', 'outbox schema', 'outbox')
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   addDeadLetterCommands(program, run);
   addPurgeCommand(program, run);
   addRelayCommands(program, run);
+  addAdminCommand(program, run);
   return program;
 }
 

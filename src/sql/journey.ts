@@ -96,3 +96,29 @@ export async function messageExists(exec: Executor, s: SchemaName, messageId: st
   );
   return rows[0]?.found === true;
 }
+
+export interface KeyMatchRow {
+  message_id: string;
+  topic: string;
+  published_at: Date;
+}
+
+/**
+ * The newest messages with this key among the last `scan` messages: messages has no index on key (it would cost
+ * every publish), so the search walks a bounded range of the primary key backwards from the newest id.
+ */
+export async function selectMessagesByKey(
+  exec: Executor,
+  s: SchemaName,
+  p: { key: string; scan: number; limit: number },
+): Promise<KeyMatchRow[]> {
+  return exec.query<KeyMatchRow>(
+    `SELECT m.id::text AS message_id, m.topic, m.created_at AS published_at
+     FROM ${s.quoted}.messages m
+     WHERE m.id > (SELECT coalesce(max(id), 0) FROM ${s.quoted}.messages) - $2::bigint
+       AND m.key = $1::text
+     ORDER BY m.id DESC
+     LIMIT $3::int`,
+    [p.key, p.scan, p.limit],
+  );
+}

@@ -124,6 +124,7 @@ beforeAll(async () => {
   subscribeFailing('failing_show', ['show.#']);
   subscribeFailing('dead_list', ['deadlist.created']);
   subscribeFailing('dead_replay', ['replay.created']);
+  subscribeFailing('dead_discard', ['discard.created']);
   lib.subscribe('history', { topics: ['history.created'], pollIntervalMs: 50 }, (message) => {
     handled.set(message.id, (handled.get(message.id) ?? 0) + 1);
   });
@@ -422,6 +423,60 @@ describe('pg-outbox purge', () => {
   });
 });
 
+describe('pg-outbox discard', () => {
+  it('finishes one dead letter as cancelled with --id and the rest with --all', async () => {
+    for (let i = 0; i < 3; i++) await publish('discard.created', { i });
+    const [first, ...rest] = await deadLetterIds('dead_discard', 3);
+    expectFailure(await cli(['discard', 'dead_discard']), 2, /exactly one of --id and --all \[USAGE\]/);
+    const one = await cli(['discard', 'dead_discard', '--id', first?.deliveryId ?? '']);
+    expect(one, one.stderr).toMatchObject({
+      code: 0,
+      stdout: 'discarded 1 dead letter of subscription "dead_discard"\n',
+    });
+    const journey = await lib.journey(first?.messageId ?? '');
+    expect(journey?.deliveries.find((d) => d.subscription === 'dead_discard')?.status).toBe('cancelled');
+    expect((await lib.deadLetters('dead_discard')).map((d) => d.deliveryId)).toEqual(
+      rest.map((d) => d.deliveryId),
+    );
+    expect(await cliJson(['discard', 'dead_discard', '--all'])).toEqual({ discarded: 2 });
+    expect(await lib.deadLetters('dead_discard')).toEqual([]);
+    expectFailure(await cli(['discard', 'nobody', '--all']), 5, /\[OUTBOX_UNKNOWN_SUBSCRIPTION\]/);
+  });
+});
+
+describe('pg-outbox admin', () => {
+  it('serves the admin page until SIGTERM; writes need the token', async () => {
+    const child = spawn(process.execPath, cliArgs(['admin', '--port', '0'], SCHEMA), {
+      env: { ...cliEnv(t.db.url), PG_OUTBOX_ADMIN_TOKEN: 'cli-admin-token' },
+    });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    try {
+      const url = await waitFor('the admin page listening', () => /at (http:\/\/\S+\/) /.exec(stderr)?.[1]);
+      const overview = await fetch(url);
+      expect(overview.status).toBe(200);
+      const body = await overview.text();
+      for (const name of ['idle', 'dead_list', 'history']) expect(body).toContain(`>${name}</a>`);
+      const form = { method: 'POST', body: 'subscription=dead_list&all=1', redirect: 'manual' as const };
+      const type = { 'content-type': 'application/x-www-form-urlencoded' };
+      expect((await fetch(`${url}discard`, { ...form, headers: type })).status).toBe(403);
+      const wrong = { ...type, authorization: 'Bearer not-the-token' };
+      expect((await fetch(`${url}discard`, { ...form, headers: wrong })).status).toBe(403);
+      expect((await lib.deadLetters('dead_list')).length).toBeGreaterThan(0);
+      const right = { ...type, authorization: 'Bearer cli-admin-token' };
+      expect((await fetch(`${url}replay`, { ...form, headers: right })).status).toBe(303);
+      child.kill('SIGTERM');
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(stderr).toMatch(/pg-outbox: admin page stopped\n$/);
+  });
+});
+
 describe('pg-outbox relay', () => {
   it('relays published messages until SIGTERM, then stops gracefully with exit code 0', async () => {
     const schema = 'cli_relay';
@@ -527,6 +582,8 @@ describe('pg-outbox errors', () => {
       'replay',
       'purge',
       'relay',
+      'discard',
+      'admin',
     ];
     const helps = await Promise.all(
       [...commands.map((c) => [c]), ['relay', 'reset']].map((c) => cli([...c, '--help'], { url: null })),

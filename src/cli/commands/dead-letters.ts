@@ -74,6 +74,31 @@ export function addDeadLetterCommands(program: Command, run: Run): void {
         else printLines(...replayText(name, result, flags));
       });
     });
+
+  program
+    .command('discard <subscription>')
+    .summary('give up on dead letters for good')
+    .description(
+      'finish dead letters as cancelled (kept in the audit trail; a key they blocked goes on): by --id or --all',
+    )
+    .option('--id <deliveryId>', 'a dead-lettered delivery id; repeatable', collect)
+    .option('--all', 'every dead letter of the subscription')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExactly one of --id and --all is required.')
+    .action((name: string, flags: { id?: string[]; all?: boolean; json?: boolean }) => {
+      if ((flags.id === undefined) === (flags.all === undefined)) {
+        throw new UsageError('discard needs exactly one of --id and --all');
+      }
+      const options = flags.id === undefined ? { all: true } : { ids: flags.id };
+      return run(async ({ outbox }) => {
+        const result = await outbox.discardDeadLetters(name, options);
+        if (flags.json) printJson(result);
+        else
+          printLines(
+            `discarded ${plural(result.discarded, 'dead letter', 'dead letters')} of subscription "${name}"`,
+          );
+      });
+    });
 }
 
 /** The API's options for the one mode chosen; --id, --all and --since exclude each other. */

@@ -1,14 +1,8 @@
 import type { Command } from 'commander';
-import { ExitCode } from '../exit-codes.js';
 import { printJson } from '../output.js';
+import { listenForSignals, note } from '../signals.js';
 import type { Outbox } from '../../index.js';
 import type { Run } from '../session.js';
-
-const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
-
-function note(line: string): void {
-  process.stderr.write(`pg-outbox: ${line}\n`);
-}
 
 export function addRelayCommands(program: Command, run: Run): void {
   const relay = program
@@ -32,7 +26,7 @@ export function addRelayCommands(program: Command, run: Run): void {
 
 /** Starts the relay, waits for SIGINT or SIGTERM, stops it; each step is a line on stderr. */
 async function runRelay(outbox: Outbox, schema: string): Promise<void> {
-  const signals = listenForSignals();
+  const signals = listenForSignals('relay');
   let stopping = false;
   // Leadership is lost when the relay's session drops; it tries again on its own. stop() ends it on purpose.
   outbox.on('relay:leader', ({ leader }) => {
@@ -52,25 +46,4 @@ async function runRelay(outbox: Outbox, schema: string): Promise<void> {
   } finally {
     signals.dispose();
   }
-}
-
-/**
- * `first` resolves with the first SIGINT or SIGTERM. Listening from before start() on, so a signal during start is
- * not Node's default (exit at once); a second signal exits at once, for a stop that hangs.
- */
-function listenForSignals(): { first: Promise<NodeJS.Signals>; dispose(): void } {
-  let received: NodeJS.Signals | undefined;
-  let resolve: (signal: NodeJS.Signals) => void = () => undefined;
-  const first = new Promise<NodeJS.Signals>((r) => (resolve = r));
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (received === undefined) {
-      received = signal;
-      resolve(signal);
-      return;
-    }
-    note(`${signal} again: exiting without waiting for the relay to stop [INTERRUPTED]`);
-    process.exit(ExitCode.unexpected);
-  };
-  for (const s of SIGNALS) process.on(s, onSignal);
-  return { first, dispose: () => SIGNALS.forEach((s) => process.off(s, onSignal)) };
 }
