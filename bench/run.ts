@@ -29,6 +29,7 @@ import { publishScenario } from './scenarios/publish.js';
 import { relayBacklogScenario } from './scenarios/relay-backlog.js';
 import { retentionScenario } from './scenarios/retention.js';
 import { statusScaleScenario } from './scenarios/status-scale.js';
+import { observabilityCostScenario } from './scenarios/observability-cost.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -41,6 +42,7 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   'audit-cost': auditCostScenario,
   retention: retentionScenario,
   'status-scale': statusScaleScenario,
+  'observability-cost': observabilityCostScenario,
 };
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');

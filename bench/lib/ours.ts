@@ -1,4 +1,10 @@
-import { createOutbox, type Outbox, type OutboxMessage, type SubscriptionMode } from '../../src/index.js';
+import {
+  createOutbox,
+  type Outbox,
+  type OutboxMessage,
+  type OutboxOptions,
+  type SubscriptionMode,
+} from '../../src/index.js';
 import { count, createPool, dropSchemas, waitFor } from './db.js';
 import type { DeliveryHandler, BenchPayload, OutgoingMessage, QueueSystem } from './system.js';
 
@@ -23,6 +29,10 @@ export interface OursOptions {
   subscriptions?: number;
   /** Another checkout's createOutbox (a before/after comparison); this checkout's by default. */
   create?: typeof createOutbox;
+  /** More createOutbox options (tracing). */
+  extra?: Partial<OutboxOptions>;
+  /** Runs on each new Outbox that consumes, before it starts (metrics). */
+  setUp?: (outbox: Outbox) => Promise<void>;
 }
 
 export function oursSystem(options: OursOptions): QueueSystem {
@@ -34,6 +44,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
     relayFirst = false,
     subscriptions = 1,
     create = createOutbox,
+    setUp,
   } = options;
   const throughput = profile === 'throughput';
   const concurrency = throughput ? (mode === 'lease' ? 200 : 4) : 10;
@@ -45,7 +56,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
   const names = Array.from({ length: subscriptions }, (_, i) => `sub_${i}`);
   let outbox: Outbox | null = null;
 
-  const make = () => create({ pool, schema, relay: throughput ? { batchSize: 5000 } : {} });
+  const make = () => create({ pool, schema, relay: throughput ? { batchSize: 5000 } : {}, ...options.extra });
   const current = (): Outbox => {
     if (outbox === null) throw new Error('pg-outbox system used before reset()');
     return outbox;
@@ -114,6 +125,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
         if (mode === 'transactional') box.subscribe(name, { ...options, mode: 'transactional' }, deliver);
         else box.subscribe(name, options, deliver);
       }
+      await setUp?.(box);
       await box.start();
     },
     async stop() {

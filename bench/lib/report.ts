@@ -11,6 +11,7 @@ export const SCENARIOS = [
   'audit-cost',
   'retention',
   'status-scale',
+  'observability-cost',
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
