@@ -7,9 +7,12 @@ import {
   countExpiredMessages,
   countExpired,
   deleteExpiredMessages,
+  selectSweepStart,
   type MessageBatch,
+  type MessageBatchParams,
 } from './sql/retention.js';
 import type { PurgeResult } from './types.js';
+import { advancePass, beginPass, finishPass, lowerId, type MessagePosition } from './message-position.js';
 
 /**
  * Rows per DELETE (messages: looked at per statement). Each statement stays in the low milliseconds and holds at
@@ -43,8 +46,12 @@ export interface CleanupBounds {
 export interface CleanupPass extends PurgeResult {
   /** The pass ended on a bound, not on a short batch: more rows may be due already. */
   more: boolean;
-  /** Where the messages' next pass goes on (the last message id looked at), when `more`. */
-  messageCursor: string;
+  /** Message rows looked at (each batch reads up to CLEANUP_BATCH through the primary key). */
+  scanned: number;
+  /** The message part is a sweep: it re-read the kept range (see MessagePosition), not only what came since. */
+  sweep: boolean;
+  /** Where the next pass over the messages starts. */
+  position: MessagePosition;
 }
 
 type DeleteExpired = (
@@ -72,11 +79,7 @@ async function deleteInBatches(
 }
 
 /** One message batch in a transaction of its own, under the shared delivery-ids lock (see shareDeliveryIds). */
-async function messageBatch(
-  exec: Executor,
-  s: SchemaName,
-  p: { afterId: string; limit: number; retentionMs: number },
-): Promise<MessageBatch> {
+async function messageBatch(exec: Executor, s: SchemaName, p: MessageBatchParams): Promise<MessageBatch> {
   await exec.query('BEGIN');
   try {
     await shareDeliveryIds(exec, s);
@@ -89,54 +92,111 @@ async function messageBatch(
   }
 }
 
+/** What a walk over the messages removed and found; the ids are positions: the next batch looks after them. */
+interface MessageWalk {
+  messages: number;
+  finishedDeliveries: number;
+  failures: number;
+  scanned: number;
+  more: boolean;
+  /** The last message id looked at (the start, when none was): where a walk cut short goes on. */
+  cursor: string;
+  /** Before the first message above `settledAfter` that is too young or not fanned out (null: none). */
+  unsettledAfter: string | null;
+  /** Before the lowest message looked at and left in place (null: none). */
+  remainingAfter: string | null;
+}
+
+const emptyWalk = (cursor: string): MessageWalk => ({
+  messages: 0,
+  finishedDeliveries: 0,
+  failures: 0,
+  scanned: 0,
+  more: false,
+  cursor,
+  unsettledAfter: null,
+  remainingAfter: null,
+});
+
+const removedBy = (walk: MessageWalk) => ({
+  messages: walk.messages,
+  finishedDeliveries: walk.finishedDeliveries,
+  failures: walk.failures,
+});
+
 /**
  * Messages in id order from `cursor`, CLEANUP_BATCH at a time, until a batch reaches messages younger than the
- * retention or the end of the table. Kept messages (a subscription still has work or a dead letter for them) are
- * stepped over and looked at again by the next pass that starts from the beginning.
+ * retention (above `settledAfter`) or the end of the table. Kept messages (a subscription still has work or a dead
+ * letter for them) are stepped over.
  */
 async function purgeMessages(
   exec: Executor,
   s: SchemaName,
-  p: { retentionMs: number; cursor: string; dryRun: boolean; deadLetterRetentionMs: number },
+  p: {
+    retentionMs: number;
+    cursor: string;
+    settledAfter: string;
+    dryRun: boolean;
+    deadLetterRetentionMs: number;
+  },
   bounds: CleanupBounds,
-): Promise<{
-  messages: number;
-  finishedDeliveries: number;
-  failures: number;
-  more: boolean;
-  cursor: string;
-}> {
-  const total = { messages: 0, finishedDeliveries: 0, failures: 0, more: false, cursor: '0' };
-  if (p.retentionMs <= 0) return total;
-  let afterId = p.cursor;
+): Promise<MessageWalk> {
+  const walk = emptyWalk(p.cursor);
+  if (p.retentionMs <= 0) return walk;
   for (let batch = 0; batch < bounds.maxBatches; batch++) {
-    if (bounds.stop()) return { ...total, more: true, cursor: afterId };
-    const params = { afterId, limit: CLEANUP_BATCH, retentionMs: p.retentionMs };
+    if (bounds.stop()) return { ...walk, more: true };
+    const params = {
+      afterId: walk.cursor,
+      limit: CLEANUP_BATCH,
+      retentionMs: p.retentionMs,
+      settledAfter: p.settledAfter,
+    };
     const result = p.dryRun
       ? await countExpiredMessages(exec, s, { ...params, deadLetterRetentionMs: p.deadLetterRetentionMs })
       : await messageBatch(exec, s, params);
-    total.messages += result.messages;
-    total.finishedDeliveries += result.finishedDeliveries;
-    total.failures += result.failures;
-    if (result.reachedRecent || result.scanned < CLEANUP_BATCH || result.lastId === null) return total;
-    afterId = result.lastId;
+    walk.messages += result.messages;
+    walk.finishedDeliveries += result.finishedDeliveries;
+    walk.failures += result.failures;
+    walk.scanned += result.scanned;
+    walk.cursor = result.lastId ?? walk.cursor;
+    // Batches go up in id order: the first one that names an unsettled message names the lowest.
+    walk.unsettledAfter ??= result.unsettledAfter;
+    walk.remainingAfter = lowerId(walk.remainingAfter, result.remainingAfter);
+    if (result.reachedRecent || result.scanned < CLEANUP_BATCH) return walk;
   }
-  return { ...total, more: true, cursor: afterId };
+  return { ...walk, more: true };
 }
 
-/**
- * One pass: expired idempotency keys, expired dead letters, then expired messages with their finished deliveries,
- * each in statements of CLEANUP_BATCH rows until one comes back short or a bound ends the pass. Each table gets its
- * own bound, so a backlog in one does not hold up the others. `exec` must be a connection of its own (the message
- * batches are transactions).
- */
-export async function runCleanupPass(
+/** The message part of a maintenance pass: from `position`, to the next one. */
+async function walkMessages(
   exec: Executor,
   s: SchemaName,
-  retention: Retention,
+  retentionMs: number,
   bounds: CleanupBounds,
-  messageCursor = '0',
-): Promise<CleanupPass> {
+  position: MessagePosition,
+): Promise<MessageWalk & { sweep: boolean; position: MessagePosition }> {
+  if (retentionMs <= 0) return { ...emptyWalk(position.frontier), sweep: false, position };
+  const pass =
+    position.pass ?? beginPass(position, position.untilSweep <= 0 ? await selectSweepStart(exec, s) : null);
+  const walk = await purgeMessages(
+    exec,
+    s,
+    {
+      retentionMs,
+      cursor: pass.cursor,
+      settledAfter: position.frontier,
+      dryRun: false,
+      deadLetterRetentionMs: 0,
+    },
+    bounds,
+  );
+  const progress = advancePass(pass, walk);
+  const next = walk.more ? { ...position, pass: progress } : finishPass(position, progress);
+  return { ...walk, sweep: pass.sweep !== null, position: next };
+}
+
+/** Expired idempotency keys, then expired dead letters, each with a bound of its own. */
+async function cleanupTables(exec: Executor, s: SchemaName, retention: Retention, bounds: CleanupBounds) {
   const keys = await deleteInBatches(
     exec,
     s,
@@ -151,28 +211,43 @@ export async function runCleanupPass(
     retention.deadLetterRetentionMs,
     bounds,
   );
-  const messages = await purgeMessages(
-    exec,
-    s,
-    { retentionMs: retention.retentionMs, cursor: messageCursor, dryRun: false, deadLetterRetentionMs: 0 },
-    bounds,
-  );
+  return { processedKeys: keys.deleted, deadLetters: dead.deleted, more: keys.more || dead.more };
+}
+
+/**
+ * One pass of the maintenance loop: expired idempotency keys, expired dead letters, then expired messages with
+ * their finished deliveries from `position`, each in statements of CLEANUP_BATCH rows until one comes back short
+ * or a bound ends the pass. Each table gets its own bound, so a backlog in one does not hold up the others. `exec`
+ * must be a connection of its own (the message batches are transactions).
+ */
+export async function runCleanupPass(
+  exec: Executor,
+  s: SchemaName,
+  retention: Retention,
+  bounds: CleanupBounds,
+  position: MessagePosition,
+): Promise<CleanupPass> {
+  const tables = await cleanupTables(exec, s, retention, bounds);
+  const messages = await walkMessages(exec, s, retention.retentionMs, bounds, position);
   return {
-    processedKeys: keys.deleted,
-    deadLetters: dead.deleted,
+    processedKeys: tables.processedKeys,
+    deadLetters: tables.deadLetters,
     messages: messages.messages,
     finishedDeliveries: messages.finishedDeliveries,
     failures: messages.failures,
-    more: keys.more || dead.more || messages.more,
-    messageCursor: messages.cursor,
+    more: tables.more || messages.more,
+    scanned: messages.scanned,
+    sweep: messages.sweep,
+    position: messages.position,
   };
 }
 
 const UNBOUNDED: CleanupBounds = { maxBatches: Infinity, stop: () => false };
 
 /**
- * Runs retention to the end (`outbox.purge()`, `pg-outbox purge`): returns when a batch of each table came back
- * short. A dry run counts what would go and removes nothing. The maintenance loop runs bounded passes instead.
+ * Runs retention to the end (`outbox.purge()`, `pg-outbox purge`), every message from the first: returns when a
+ * batch of each table came back short. A dry run counts what would go and removes nothing. The maintenance loop
+ * runs bounded passes from its position instead.
  */
 export async function runPurge(
   exec: Executor,
@@ -180,29 +255,20 @@ export async function runPurge(
   retention: Retention,
   dryRun: boolean,
 ): Promise<PurgeResult> {
+  const walk = { retentionMs: retention.retentionMs, cursor: '0', settledAfter: '0' };
   if (!dryRun) {
-    const {
-      more: _more,
-      messageCursor: _cursor,
-      ...result
-    } = await runCleanupPass(exec, s, retention, UNBOUNDED);
-    return result;
+    const tables = await cleanupTables(exec, s, retention, UNBOUNDED);
+    const messages = await purgeMessages(exec, s, { ...walk, dryRun, deadLetterRetentionMs: 0 }, UNBOUNDED);
+    return { ...removedBy(messages), deadLetters: tables.deadLetters, processedKeys: tables.processedKeys };
   }
   const messages = await purgeMessages(
     exec,
     s,
-    {
-      retentionMs: retention.retentionMs,
-      cursor: '0',
-      dryRun: true,
-      deadLetterRetentionMs: retention.deadLetterRetentionMs,
-    },
+    { ...walk, dryRun, deadLetterRetentionMs: retention.deadLetterRetentionMs },
     UNBOUNDED,
   );
   return {
-    messages: messages.messages,
-    finishedDeliveries: messages.finishedDeliveries,
-    failures: messages.failures,
+    ...removedBy(messages),
     deadLetters:
       retention.deadLetterRetentionMs > 0
         ? await countExpired(exec, s, 'dead_deliveries', retention.deadLetterRetentionMs)
@@ -220,6 +286,6 @@ export async function runCleanup(
   s: SchemaName,
   retention: Retention,
 ): Promise<CleanupResult> {
-  const pass = await runCleanupPass(exec, s, { ...retention, retentionMs: 0 }, UNBOUNDED);
-  return { processedKeysDeleted: pass.processedKeys, deadLettersDeleted: pass.deadLetters };
+  const tables = await cleanupTables(exec, s, retention, UNBOUNDED);
+  return { processedKeysDeleted: tables.processedKeys, deadLettersDeleted: tables.deadLetters };
 }

@@ -5,17 +5,35 @@ export interface MessageBatch {
   /** Messages looked at (up to the limit), and the highest id among them: where the next batch starts. */
   scanned: number;
   lastId: string | null;
-  /** A message looked at is younger than the retention: the batches have reached the present. */
+  /** A message looked at, above `settledAfter`, is younger than the retention: the batches have reached the present. */
   reachedRecent: boolean;
+  /**
+   * The id just before the first message looked at, above `settledAfter`, that is younger than the retention or not
+   * yet fanned out (null: none): a later pass must look at it again, so the frontier of the passes stops there.
+   */
+  unsettledAfter: string | null;
+  /** The id just before the lowest message looked at and left in place, for whatever reason (null: none left). */
+  remainingAfter: string | null;
   messages: number;
   finishedDeliveries: number;
   failures: number;
+}
+
+export interface MessageBatchParams {
+  /** The batch looks at the `limit` messages after this id. */
+  afterId: string;
+  limit: number;
+  retentionMs: number;
+  /** Messages at or below this id were settled when a pass got past them: see SCANNED. */
+  settledAfter: string;
 }
 
 interface BatchRow {
   scanned: string;
   last_id: string | null;
   reached_recent: boolean | null;
+  unsettled_after: string | null;
+  remaining_after: string | null;
   messages: string;
   finished: string;
   failures: string;
@@ -23,16 +41,22 @@ interface BatchRow {
 
 /*
  * EXPIRED: the messages among the next `limit` after $1 (in id order, through the primary key) that retention may
- * remove: published more than $3 ms ago, fanned out by the relay (visible in its done snapshot: a message still in
- * the relay's backlog has no deliveries yet, and must keep them coming), and with no delivery that is unfinished:
- * none pending, delayed or in flight in deliveries (deliveries_message_idx) and none dead (dead_deliveries_message_idx).
- * Their finished deliveries are all in completed_deliveries. Every delivery moves between those tables in one
- * statement (ack, dead letter, replay, cancel), so the statement's snapshot sees each in exactly one of them.
+ * remove: settled, that is published more than $3 ms ago and fanned out by the relay (visible in its done snapshot:
+ * a message still in the relay's backlog has no deliveries yet, and must keep them coming), and with no delivery
+ * that is unfinished: none pending, delayed or in flight in deliveries (deliveries_message_idx) and none dead
+ * (dead_deliveries_message_idx). Their finished deliveries are all in completed_deliveries. Every delivery moves
+ * between those tables in one statement (ack, dead letter, replay, cancel), so the statement's snapshot sees each
+ * in exactly one of them. A message that is not settled yet is one a later pass must look at again (SCANNED).
  */
 const EXPIRED = (s: SchemaName) => `
   scanned AS MATERIALIZED (
-    SELECT m.id, m.tx_id, m.created_at
+    SELECT m.id,
+           m.created_at >= now() - $3::bigint * interval '1 millisecond' AS recent,
+           m.created_at < now() - $3::bigint * interval '1 millisecond'
+             AND m.id <= r.done_max_id
+             AND pg_visible_in_snapshot(m.tx_id, r.done_snapshot) AS settled
     FROM ${s.quoted}.messages m
+    LEFT JOIN (SELECT * FROM ${s.quoted}.relay_state LIMIT 1) r ON true -- one row; see audit_messages
     WHERE m.id > $1::bigint
     ORDER BY m.id
     LIMIT $2::int
@@ -40,10 +64,7 @@ const EXPIRED = (s: SchemaName) => `
   expired AS (
     SELECT sc.id
     FROM scanned sc
-    CROSS JOIN (SELECT * FROM ${s.quoted}.relay_state LIMIT 1) r -- one row; see audit_messages
-    WHERE sc.created_at < now() - $3::bigint * interval '1 millisecond'
-      AND sc.id <= r.done_max_id
-      AND pg_visible_in_snapshot(sc.tx_id, r.done_snapshot)
+    WHERE sc.settled
       AND NOT EXISTS (SELECT 1 FROM ${s.quoted}.deliveries d WHERE d.message_id = sc.id)
       AND NOT EXISTS (
         SELECT 1
@@ -54,16 +75,27 @@ const EXPIRED = (s: SchemaName) => `
       )
   )`;
 
-const SCANNED = `
+/*
+ * What the batch tells the next ones. Messages at or below $5 (the frontier, below which a sweep re-reads) neither
+ * end the pass nor hold the frontier back: a pass got past them before, and sweeps come back for what is left there.
+ * `removed` names the CTE of the ids the statement removes (or counts as removed); a message another purger holds
+ * locked counts as left in place.
+ */
+const SCANNED = (removed: string) => `
   (SELECT count(*) FROM scanned)::text AS scanned,
   (SELECT max(id) FROM scanned)::text AS last_id,
-  (SELECT bool_or(created_at >= now() - $3::bigint * interval '1 millisecond') FROM scanned) AS reached_recent`;
+  (SELECT bool_or(recent) FROM scanned WHERE id > $5::bigint) AS reached_recent,
+  (SELECT min(id) - 1 FROM scanned WHERE id > $5::bigint AND settled IS NOT TRUE)::text AS unsettled_after,
+  (SELECT min(sc.id) - 1 FROM scanned sc WHERE NOT EXISTS (SELECT 1 FROM ${removed} x WHERE x.id = sc.id))::text
+    AS remaining_after`;
 
 function toBatch(row: BatchRow | undefined): MessageBatch {
   return {
     scanned: Number(row?.scanned ?? 0),
     lastId: row?.last_id ?? null,
     reachedRecent: row?.reached_recent === true,
+    unsettledAfter: row?.unsettled_after ?? null,
+    remainingAfter: row?.remaining_after ?? null,
     messages: Number(row?.messages ?? 0),
     finishedDeliveries: Number(row?.finished ?? 0),
     failures: Number(row?.failures ?? 0),
@@ -81,7 +113,7 @@ function toBatch(row: BatchRow | undefined): MessageBatch {
 export async function deleteExpiredMessages(
   exec: Executor,
   s: SchemaName,
-  p: { afterId: string; limit: number; retentionMs: number },
+  p: MessageBatchParams,
 ): Promise<MessageBatch> {
   const rows = await exec.query<BatchRow>(
     `WITH ${EXPIRED(s)},
@@ -117,11 +149,11 @@ export async function deleteExpiredMessages(
            updated_at = now()
        WHERE EXISTS (SELECT 1 FROM deleted)
      )
-     SELECT ${SCANNED},
+     SELECT ${SCANNED('locked')},
             (SELECT count(*) FROM deleted)::text AS messages,
             (SELECT count(*) FROM finished)::text AS finished,
             (SELECT count(*) FROM failures)::text AS failures`,
-    [p.afterId, p.limit, p.retentionMs, 0],
+    [p.afterId, p.limit, p.retentionMs, 0, p.settledAfter],
   );
   return toBatch(rows[0]);
 }
@@ -133,19 +165,45 @@ export async function deleteExpiredMessages(
 export async function countExpiredMessages(
   exec: Executor,
   s: SchemaName,
-  p: { afterId: string; limit: number; retentionMs: number; deadLetterRetentionMs: number },
+  p: MessageBatchParams & { deadLetterRetentionMs: number },
 ): Promise<MessageBatch> {
   const rows = await exec.query<BatchRow>(
     `WITH ${EXPIRED(s)}
-     SELECT ${SCANNED},
+     SELECT ${SCANNED('expired')},
             (SELECT count(*) FROM expired)::text AS messages,
             (SELECT count(*) FROM ${s.quoted}.completed_deliveries c
               WHERE c.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS finished,
             (SELECT count(*) FROM ${s.quoted}.delivery_failures f
               WHERE f.message_id = ANY (ARRAY(SELECT id FROM expired)))::text AS failures`,
-    [p.afterId, p.limit, p.retentionMs, p.deadLetterRetentionMs],
+    [p.afterId, p.limit, p.retentionMs, p.deadLetterRetentionMs, p.settledAfter],
   );
   return toBatch(rows[0]);
+}
+
+export interface SweepStart {
+  /** The oldest transaction id still running when the sweep started (xid8 as text): all older ones had ended. */
+  horizon: string;
+  /** A transaction id taken after that (xid8 as text): every transaction that has an id now has a smaller one. */
+  xid: string;
+  /** The highest message id visible before `xid` was taken, drawn before every id a later transaction draws. */
+  maxId: string;
+}
+
+/**
+ * What a sweep of the messages notes when it starts, for the next sweep to tell whether this one can have missed a
+ * message (see the maintenance loop's MessagePosition). pg_current_xact_id() takes one transaction id, once per
+ * sweep; it is evaluated after the statement's snapshot was taken, which the horizon and max(id) come from. The
+ * max(id) is a backward scan of the primary key: one row.
+ */
+export async function selectSweepStart(exec: Executor, s: SchemaName): Promise<SweepStart> {
+  const rows = await exec.query<SweepStart>(
+    `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,
+            pg_current_xact_id()::text AS xid,
+            coalesce((SELECT max(id) FROM ${s.quoted}.messages), 0)::text AS "maxId"`,
+  );
+  const row = rows[0];
+  if (row === undefined) throw new Error('selectSweepStart returned no row');
+  return row;
 }
 
 /** The tables whose rows expire by a timestamp of their own, and that column (constants, never configuration). */
