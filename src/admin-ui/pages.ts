@@ -199,7 +199,9 @@ export function deadLettersPage(
         ${
           ctx.readOnly
             ? 'Read-only: replay and discard are off.'
-            : 'Replay and discard need a signed-in admin.'
+            : ctx.offerSignIn
+              ? 'Sign in with the admin token to replay or discard.'
+              : 'Replay and discard are off: they need a token or an authorize hook (adminHandler({ token }), pg-outbox admin --token).'
         }
       </p>`;
   const more =
