@@ -16,8 +16,8 @@ export interface PublishScope {
  * optional; none may throw into the caller (the hub catches), and none may be slow: they run on the hot paths.
  */
 export interface TelemetrySink {
-  /** A publish or publishMany call starts (after its input was checked). */
-  publishing?(topics: readonly string[], count: number): PublishScope;
+  /** A publish or publishMany call starts (after its input was checked); undefined: nothing to watch. */
+  publishing?(topics: readonly string[], count: number): PublishScope | undefined;
   /** Messages written by publish or publishMany (duplicates of a dedupKey excluded), before the caller commits. */
   published?(topic: string, count: number): void;
   /** Messages fanned out by a committed relay batch, by topic. */
@@ -36,6 +36,8 @@ type Wrap = NonNullable<TelemetrySink['handle']>;
  */
 export class TelemetryHub {
   private sinks: TelemetrySink[] = [];
+  /** The sinks' handle(), bound once per change of the sinks, not per delivery. */
+  private wraps: Wrap[] = [];
 
   /** Whether any observer is attached: callers skip preparing what nobody hears. */
   get active(): boolean {
@@ -43,10 +45,13 @@ export class TelemetryHub {
   }
 
   add(sink: TelemetrySink): () => void {
-    this.sinks = [...this.sinks, sink];
-    return () => {
-      this.sinks = this.sinks.filter((s) => s !== sink);
-    };
+    this.set([...this.sinks, sink]);
+    return () => this.set(this.sinks.filter((s) => s !== sink));
+  }
+
+  private set(sinks: TelemetrySink[]): void {
+    this.sinks = sinks;
+    this.wraps = sinks.flatMap<Wrap>((s) => (s.handle === undefined ? [] : [s.handle.bind(s)]));
   }
 
   /** The scopes of the observers that watch publishing, as one; undefined when none does. */
@@ -76,9 +81,10 @@ export class TelemetryHub {
   }
 
   handle<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
-    if (this.sinks.length === 0) return run();
+    const wraps = this.wraps;
+    if (wraps.length === 0) return run();
+    if (wraps.length === 1) return (wraps[0] as Wrap)(message, run);
     // The first sink's wrapper is the outermost (a tracing span then also covers the metrics' timing).
-    const wraps = this.sinks.flatMap<Wrap>((s) => (s.handle === undefined ? [] : [s.handle.bind(s)]));
     return wraps.reduceRight<() => Promise<T>>((inner, wrap) => () => wrap(message, inner), run)();
   }
 

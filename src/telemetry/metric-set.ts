@@ -1,6 +1,7 @@
-import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Gauge, Registry } from 'prom-client';
 import type { OutboxStatus } from '../types.js';
 import type { SettledOutcome } from './hub.js';
+import { CounterTally, LocalHistogram } from './local-metrics.js';
 
 export type PromClient = typeof import('prom-client');
 
@@ -13,11 +14,14 @@ const STATUS_CACHE_MS = 1_000;
 
 /** The metrics of one registry, shared by the Outboxes (schemas) that report into it. */
 export interface MetricSet {
-  published: Counter<'schema' | 'topic'>;
-  relayed: Counter<'schema' | 'topic'>;
-  outcomes: Record<SettledOutcome, Counter<'schema' | 'subscription' | 'topic'>>;
-  duration: Histogram<'schema' | 'subscription'>;
-  latency: Histogram<'schema' | 'subscription'>;
+  /** Labels schema, topic. */
+  published: CounterTally;
+  relayed: CounterTally;
+  /** Labels schema, subscription, topic. */
+  outcomes: Record<SettledOutcome, CounterTally>;
+  /** Labels schema, subscription. */
+  duration: LocalHistogram;
+  latency: LocalHistogram;
   /** One more Outbox reports into the set. */
   retain(): void;
   /** Adds an Outbox whose status the gauges report; returns its removal. */
@@ -63,13 +67,30 @@ export function createMetricSet(
     names.push(name);
     return new prom.Counter({ name, help, labelNames, registers });
   };
+  /** A prom-client counter fed from a tally when the registry is read (see local-metrics.ts). */
+  const tallied = (name: string, help: string, labelNames: string[]) => {
+    const tally = new CounterTally();
+    names.push(name);
+    new prom.Counter({
+      name,
+      help,
+      labelNames,
+      registers,
+      collect() {
+        tally.flush((labels, n) => this.inc(labels, n));
+      },
+    });
+    return tally;
+  };
   const histogram = (name: string, help: string, buckets: number[]) => {
     names.push(name);
-    return new prom.Histogram({ name, help, labelNames: ['schema', 'subscription'], buckets, registers });
+    const h = new LocalHistogram(name, help, buckets);
+    (registry as Registry).registerMetric(h as never);
+    return h;
   };
 
-  const byTopic = ['schema', 'topic'] as ('schema' | 'topic')[];
-  const bySubscription = ['schema', 'subscription', 'topic'] as ('schema' | 'subscription' | 'topic')[];
+  const byTopic = ['schema', 'topic'];
+  const bySubscription = ['schema', 'subscription', 'topic'];
   const sources = new Set<CachedSource>();
   let owners = 0;
   const readErrors = counter('pg_outbox_status_read_errors_total', 'Scrapes whose status read failed', [
@@ -137,24 +158,24 @@ export function createMetricSet(
   );
 
   const set: MetricSet = {
-    published: counter(
+    published: tallied(
       'pg_outbox_messages_published_total',
       'Messages written by publish (before the commit)',
       byTopic,
     ),
-    relayed: counter(
+    relayed: tallied(
       'pg_outbox_messages_relayed_total',
       'Messages fanned out to their subscriptions',
       byTopic,
     ),
     outcomes: {
-      done: counter('pg_outbox_deliveries_handled_total', 'Deliveries handled and acked', bySubscription),
-      retry: counter(
+      done: tallied('pg_outbox_deliveries_handled_total', 'Deliveries handled and acked', bySubscription),
+      retry: tallied(
         'pg_outbox_deliveries_retried_total',
         'Failed attempts scheduled for a retry',
         bySubscription,
       ),
-      dead: counter(
+      dead: tallied(
         'pg_outbox_deliveries_dead_lettered_total',
         'Deliveries moved to the dead letters',
         bySubscription,

@@ -1,6 +1,7 @@
 import { OutboxError } from '../errors.js';
 import type { OutboxMessage, OutboxStatus } from '../types.js';
 import type { TelemetryHub, TelemetrySink } from './hub.js';
+import type { CounterTally, LocalHistogram } from './local-metrics.js';
 import { createMetricSet, type MetricSet, type PromClient } from './metric-set.js';
 
 /**
@@ -91,28 +92,45 @@ function dueAt(message: OutboxMessage): number {
   return message.deliverAt === null ? created : Math.max(created, message.deliverAt.getTime());
 }
 
-/** Counts this Outbox's work into the registry's metric set, under its schema label. */
+/** Counts this Outbox's work into the registry's metric set, under its schema label (see local-metrics.ts). */
 function sinkFor(set: MetricSet, schema: string): TelemetrySink {
+  // Hot path: a Map lookup per call, and label objects only for a label set seen the first time. The cells are
+  // the registry's, shared with other schemas: every key starts with this one's.
+  const prefix = `${schema}\u0000`;
+  const count = (tally: CounterTally, key: string, labels: () => Record<string, string>, n: number) => {
+    (tally.find(prefix + key) ?? tally.add(prefix + key, labels())).value += n;
+  };
+  const observe = (h: LocalHistogram, subscription: string, value: number) => {
+    const key = prefix + subscription;
+    h.observe(h.find(key) ?? h.add(key, { schema, subscription }), value);
+  };
   return {
-    published(topic, count) {
-      set.published.inc({ schema, topic }, count);
+    published(topic, n) {
+      count(set.published, topic, () => ({ schema, topic }), n);
     },
     relayed(byTopic) {
-      for (const [topic, count] of Object.entries(byTopic)) set.relayed.inc({ schema, topic }, count);
+      for (const [topic, n] of Object.entries(byTopic))
+        count(set.relayed, topic, () => ({ schema, topic }), n);
     },
     async handle(message, run) {
-      const labels = { schema, subscription: message.subscription };
       // First attempts only: a retry's wait is its backoff, not latency.
-      if (message.attempt === 1) set.latency.observe(labels, Math.max(0, Date.now() - dueAt(message)) / 1000);
+      if (message.attempt === 1) {
+        observe(set.latency, message.subscription, Math.max(0, Date.now() - dueAt(message)) / 1000);
+      }
       const startedAt = performance.now();
       try {
         return await run();
       } finally {
-        set.duration.observe(labels, (performance.now() - startedAt) / 1000);
+        observe(set.duration, message.subscription, (performance.now() - startedAt) / 1000);
       }
     },
     settled(subscription, topic, outcome) {
-      set.outcomes[outcome].inc({ schema, subscription, topic });
+      count(
+        set.outcomes[outcome],
+        `${subscription}\u0000${topic}`,
+        () => ({ schema, subscription, topic }),
+        1,
+      );
     },
   };
 }

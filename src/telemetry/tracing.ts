@@ -40,6 +40,18 @@ function loadApi(): Api | null {
   }
 }
 
+/**
+ * Whether an SDK has registered a global tracer provider. Until one does, the API's provider hands out no-op spans:
+ * then pg-outbox makes none, and a publish or a handler call costs a property read. Asked on every call, so an SDK
+ * registered after createOutbox() is used from then on.
+ */
+function sdkRegistered(api: Api): boolean {
+  const global = api.trace.getTracerProvider() as { getDelegateTracer?: (name: string) => unknown };
+  return (
+    typeof global.getDelegateTracer !== 'function' || global.getDelegateTracer(INSTRUMENTATION) !== undefined
+  );
+}
+
 /** Reads headers that a message carries for the propagator (W3C traceparent / tracestate by default). */
 const getter: Otel.TextMapGetter<Record<string, string>> = {
   keys: (carrier) => Object.keys(carrier),
@@ -61,9 +73,10 @@ function failed(api: Api, span: Otel.Span, error: unknown): void {
  * publisher's context as its parent or link. The headers live on the message row, so every attempt, a dead
  * letter's replay and a replay from a point in time all trace back to the same publish.
  */
-function tracingSink(api: Api, tracer: Otel.Tracer, link: boolean): TelemetrySink {
+function tracingSink(api: Api, tracer: Otel.Tracer, link: boolean, live: () => boolean): TelemetrySink {
   return {
-    publishing(topics, count): PublishScope {
+    publishing(topics, count): PublishScope | undefined {
+      if (!live()) return undefined;
       const topic = topics.length === 1 ? topics[0] : undefined;
       const span = tracer.startSpan(topic === undefined ? 'send' : `send ${topic}`, {
         kind: api.SpanKind.PRODUCER,
@@ -87,36 +100,40 @@ function tracingSink(api: Api, tracer: Otel.Tracer, link: boolean): TelemetrySin
         },
       };
     },
-    async handle<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
-      const sent = api.propagation.extract(api.ROOT_CONTEXT, message.headers, getter);
-      const sentSpan = api.trace.getSpanContext(sent);
-      const options: Otel.SpanOptions = {
-        kind: api.SpanKind.CONSUMER,
-        attributes: {
-          'messaging.system': SYSTEM,
-          'messaging.operation.type': 'process',
-          'messaging.operation.name': 'process',
-          'messaging.destination.name': message.topic,
-          'messaging.consumer.group.name': message.subscription,
-          'messaging.message.id': message.id,
-          'pg_outbox.delivery.id': message.deliveryId,
-          'pg_outbox.delivery.attempt': message.attempt,
-        },
-        links: link && sentSpan !== undefined ? [{ context: sentSpan }] : undefined,
-      };
-      const parent = link || sentSpan === undefined ? api.context.active() : sent;
-      return tracer.startActiveSpan(`process ${message.topic}`, options, parent, async (span) => {
-        try {
-          return await run();
-        } catch (error) {
-          failed(api, span, error);
-          throw error;
-        } finally {
-          span.end();
-        }
-      });
+    handle<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
+      return live() ? traced(message, run) : run();
     },
   };
+
+  function traced<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
+    const sent = api.propagation.extract(api.ROOT_CONTEXT, message.headers, getter);
+    const sentSpan = api.trace.getSpanContext(sent);
+    const options: Otel.SpanOptions = {
+      kind: api.SpanKind.CONSUMER,
+      attributes: {
+        'messaging.system': SYSTEM,
+        'messaging.operation.type': 'process',
+        'messaging.operation.name': 'process',
+        'messaging.destination.name': message.topic,
+        'messaging.consumer.group.name': message.subscription,
+        'messaging.message.id': message.id,
+        'pg_outbox.delivery.id': message.deliveryId,
+        'pg_outbox.delivery.attempt': message.attempt,
+      },
+      links: link && sentSpan !== undefined ? [{ context: sentSpan }] : undefined,
+    };
+    const parent = link || sentSpan === undefined ? api.context.active() : sent;
+    return tracer.startActiveSpan(`process ${message.topic}`, options, parent, async (span) => {
+      try {
+        return await run();
+      } catch (error) {
+        failed(api, span, error);
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
+  }
 }
 
 /** The tracing sink that the options ask for, or null (tracing off, or 'auto' without @opentelemetry/api). */
@@ -132,7 +149,8 @@ export function createTracing(
       'tracing needs the @opentelemetry/api package: npm install @opentelemetry/api',
     );
   }
-  const provider =
-    (options.tracerProvider as Otel.TracerProvider | undefined) ?? api.trace.getTracerProvider();
-  return tracingSink(api, provider.getTracer(INSTRUMENTATION), options.link);
+  const own = options.tracerProvider as Otel.TracerProvider | undefined;
+  const tracer = (own ?? api.trace.getTracerProvider()).getTracer(INSTRUMENTATION);
+  const live = own === undefined ? () => sdkRegistered(api) : () => true;
+  return tracingSink(api, tracer, options.link, live);
 }
