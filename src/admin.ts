@@ -97,15 +97,7 @@ function replayFrom(name: string, options: ReplayOptions): ReplaySince {
   if (options.ids !== undefined) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay takes either `ids` or `since`, not both');
   }
-  if (after !== undefined && !isId(after)) {
-    throw new OutboxError(
-      'OUTBOX_INVALID_OPTION',
-      'replay `after` must be a message id (a positive integer)',
-      {
-        value: after,
-      },
-    );
-  }
+  // `after` (an earlier call's `next`) is checked by replaySince, which reads it.
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'replay `limit` must be a positive integer', {
       value: limit,

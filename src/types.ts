@@ -252,7 +252,11 @@ export interface ReplayOptions {
    * happened to it before (Kafka's offset reset). Runs in transactions of 1,000 messages, oldest first.
    */
   since?: Date;
-  /** With `since`: continue after this message id (the `next` of an earlier call). */
+  /**
+   * With `since`: go on from the `next` of an earlier call (pass the same `since`). It carries where that call
+   * stopped and where the replay ends (the newest message when it began), so going on never reaches messages
+   * published since. A bare message id is still taken: it goes on after that id to the newest message now.
+   */
   after?: string;
   /** With `since`: look at most at this many messages in this call; `next` says where to go on. */
   limit?: number;
@@ -262,8 +266,8 @@ export interface ReplayResult {
   /** Deliveries queued. */
   replayed: number;
   /**
-   * Only with `since`: the last message id looked at when the call stopped at `limit`, else null (nothing left).
-   * A replay of dead letters returns `{ replayed }` alone.
+   * Only with `since`: when the call stopped at `limit` with messages left, an opaque string to pass as `after` to
+   * go on; else null (nothing left). A replay of dead letters returns `{ replayed }` alone.
    */
   next?: string | null;
 }

@@ -2,14 +2,13 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { createOutbox } from '../../src/index.js';
 import type { BenchContext } from '../lib/context.js';
-import { plainMessages, publishAll } from '../lib/load.js';
+import { drainRuns } from '../lib/drain-runs.js';
 import { oursSystem } from '../lib/ours.js';
 import { describe } from '../lib/relay-code.js';
 import type { ScenarioReport } from '../lib/report.js';
 import { summarize } from '../lib/stats.js';
 import type { QueueSystem } from '../lib/system.js';
 import { int, range, ratio } from '../lib/table.js';
-import { timedDrain } from '../lib/timed-drain.js';
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 
@@ -63,22 +62,7 @@ export async function auditCostScenario(ctx: BenchContext): Promise<ScenarioRepo
       label: `${v.label}: transactional, consumer only`,
     }),
   ]);
-  const runs = new Map<QueueSystem, number[]>(systems.map((s) => [s, []]));
-  const messages = plainMessages(n);
-  try {
-    for (let rep = 1; rep <= ctx.config.reps; rep++) {
-      for (const system of systems) {
-        await system.reset();
-        await publishAll(ctx.pool, system, messages, 1000);
-        await system.prepare?.(n);
-        const rate = n / ((await timedDrain(system, n)) / 1000);
-        runs.get(system)?.push(rate);
-        ctx.log(`audit-cost rep ${rep} ${system.label}: ${int(rate)} msg/s`);
-      }
-    }
-  } finally {
-    for (const system of systems) await system.close();
-  }
+  const runs = await drainRuns(ctx, 'audit-cost', systems, n);
   const med = (s: QueueSystem) => summarize(runs.get(s) ?? []).median;
   const pairs = variants.length === 2 ? [0, 1, 2].map((i) => [systems[i], systems[i + 3]] as const) : [];
   return {

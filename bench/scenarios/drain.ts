@@ -1,6 +1,6 @@
 import type { BenchContext } from '../lib/context.js';
+import { drainRuns } from '../lib/drain-runs.js';
 import { graphileWorkerSystem } from '../lib/graphile-worker.js';
-import { plainMessages, publishAll } from '../lib/load.js';
 import { oursSystem } from '../lib/ours.js';
 import { pgBossSystem } from '../lib/pg-boss.js';
 import { rawSystem } from '../lib/raw.js';
@@ -9,7 +9,6 @@ import type { ScenarioReport } from '../lib/report.js';
 import { summarize } from '../lib/stats.js';
 import type { QueueSystem } from '../lib/system.js';
 import { int, range, ratio } from '../lib/table.js';
-import { timedDrain } from '../lib/timed-drain.js';
 
 /**
  * Scenario 2, end-to-end drain: N messages published (untimed, 1,000 per transaction through each system's own
@@ -46,22 +45,7 @@ export async function drainScenario(ctx: BenchContext): Promise<ScenarioReport> 
   const bigBoss = pgBossSystem({ url: ctx.url, batchSize: 5000, label: 'pg-boss (8 workers × batch 5000)' });
   const graphile = graphileWorkerSystem({ url: ctx.url });
   const systems: QueueSystem[] = [raw, rawOutbox, e2e, leaseOnly, txOnly, boss, bigBoss, graphile];
-  const runs = new Map<QueueSystem, number[]>(systems.map((s) => [s, []]));
-  const messages = plainMessages(n);
-  try {
-    for (let rep = 1; rep <= ctx.config.reps; rep++) {
-      for (const system of systems) {
-        await system.reset();
-        await publishAll(ctx.pool, system, messages, 1000);
-        await system.prepare?.(n);
-        const rate = n / ((await timedDrain(system, n)) / 1000);
-        runs.get(system)?.push(rate);
-        ctx.log(`drain rep ${rep} ${system.label}: ${int(rate)} msg/s`);
-      }
-    }
-  } finally {
-    for (const system of systems) await system.close();
-  }
+  const runs = await drainRuns(ctx, 'drain', systems, n);
 
   const med = (s: QueueSystem) => summarize(runs.get(s) ?? []).median;
   const bestPeer = [boss, bigBoss, graphile].reduce((a, b) => (med(b) > med(a) ? b : a));

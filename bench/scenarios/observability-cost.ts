@@ -2,13 +2,12 @@ import { BasicTracerProvider, BatchSpanProcessor, type SpanExporter } from '@ope
 import { Registry } from 'prom-client';
 import type { Outbox, OutboxOptions } from '../../src/index.js';
 import type { BenchContext } from '../lib/context.js';
-import { plainMessages, publishAll } from '../lib/load.js';
+import { drainRuns } from '../lib/drain-runs.js';
 import { oursSystem } from '../lib/ours.js';
 import type { ScenarioReport } from '../lib/report.js';
 import { summarize } from '../lib/stats.js';
 import type { QueueSystem } from '../lib/system.js';
 import { int, range, ratio } from '../lib/table.js';
-import { timedDrain } from '../lib/timed-drain.js';
 
 /** Takes every finished span and drops it: the SDK's whole cost up to the network, without a collector. */
 const discarding: SpanExporter = {
@@ -55,23 +54,7 @@ export async function observabilityCostScenario(ctx: BenchContext): Promise<Scen
       }),
     ),
   );
-  const runs = new Map<QueueSystem, number[]>(systems.map((s) => [s, []]));
-  const messages = plainMessages(n);
-  try {
-    for (let rep = 1; rep <= ctx.config.reps; rep++) {
-      for (const system of systems) {
-        await system.reset();
-        await publishAll(ctx.pool, system, messages, 1000);
-        await system.prepare?.(n);
-        const rate = n / ((await timedDrain(system, n)) / 1000);
-        runs.get(system)?.push(rate);
-        ctx.log(`observability-cost rep ${rep} ${system.label}: ${int(rate)} msg/s`);
-      }
-    }
-  } finally {
-    for (const system of systems) await system.close();
-    await provider.shutdown();
-  }
+  const runs = await drainRuns(ctx, 'observability-cost', systems, n).finally(() => provider.shutdown());
   const med = (s: QueueSystem | undefined) => summarize(s === undefined ? [] : (runs.get(s) ?? [])).median;
   const [offE2e, offConsumer] = systems;
   return {

@@ -77,19 +77,9 @@ export async function requeueDeadLetters(
        FROM ${s.quoted}.subscriptions
        WHERE id = $1::int
      ),
-     -- Whether each keeps its id (see above). The probe of later started deliveries of its key goes through
-     -- deliveries_ordered_key_idx, once per replayed ordered dead letter.
+     -- Whether each keeps its id (see above and keepsDeliveryId).
      decided AS MATERIALIZED (
-       SELECT m.*,
-              m.ordered_key IS NULL
-              OR (sub.block_key_on_dead AND NOT EXISTS (
-                    SELECT 1
-                    FROM ${s.quoted}.deliveries d
-                    WHERE d.subscription_id = m.subscription_id
-                      AND d.ordered_key = m.ordered_key
-                      AND d.id > m.id
-                      AND d.attempt > 0
-                  )) AS keep
+       SELECT m.*, ${keepsDeliveryId(s, 'm', 'sub.block_key_on_dead')} AS keep
        FROM moved m, sub
      ),
      kept AS (
@@ -118,6 +108,25 @@ export async function requeueDeadLetters(
     [p.subscriptionId, p.ids],
   );
   return Number(rows[0]?.n ?? 0);
+}
+
+/**
+ * The rule of requeueDeadLetters (which id a replayed dead letter gets) as an SQL expression: whether the dead letter
+ * `dead` (a row with id, subscription_id and ordered_key) keeps its delivery id when it is queued again,
+ * `blockKeyOnDead` being its subscription's setting. Shared with replay from a point in time (sql/replay.ts). The
+ * probe of later started deliveries of its key goes through deliveries_ordered_key_idx, once per ordered dead letter
+ * of a subscription with block_key_on_dead.
+ */
+export function keepsDeliveryId(s: SchemaName, dead: string, blockKeyOnDead: string): string {
+  return `(${dead}.ordered_key IS NULL
+           OR (${blockKeyOnDead} AND NOT EXISTS (
+                 SELECT 1
+                 FROM ${s.quoted}.deliveries d
+                 WHERE d.subscription_id = ${dead}.subscription_id
+                   AND d.ordered_key = ${dead}.ordered_key
+                   AND d.id > ${dead}.id
+                   AND d.attempt > 0
+               )))`;
 }
 
 /** Wakes the subscription's consumers after a replay (delivered at commit). */

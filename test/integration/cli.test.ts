@@ -326,9 +326,10 @@ describe('pg-outbox replay', () => {
     const cut = await cli(['replay', 'history', '--since', since.toISOString(), '--limit', '1']);
     expect(cut, cut.stderr).toMatchObject({ code: 0 });
     expect(cut.stdout).toMatch(/^replayed 1 delivery of subscription "history"$/m);
-    const next = new RegExp(`continue with: --since ${since.toISOString()} --after (\\d+)$`, 'm').exec(
-      cut.stdout,
-    )?.[1];
+    const next = new RegExp(
+      `continue with: --since ${since.toISOString()} --after (\\d+:\\d+:\\d+)$`,
+      'm',
+    ).exec(cut.stdout)?.[1];
     expect(next).toBeDefined();
     expect(
       await cliJson(['replay', 'history', '--since', since.toISOString(), '--after', next ?? '']),

@@ -60,8 +60,8 @@ export function addDeadLetterCommands(program: Command, run: Run): void {
     .option('--all', 'every dead letter of the subscription')
     .option('--since <time>', 're-deliver messages published at or after this ISO-8601 time', isoTime)
     .option(
-      '--after <messageId>',
-      'with --since: continue after this message id (printed by a call cut at --limit)',
+      '--after <nextToken>',
+      'with --since: go on from where a call cut at --limit stopped (the value it printed)',
     )
     .option('--limit <n>', 'with --since: look at most at this many messages', positiveInteger)
     .option('--json', 'print the result as JSON')

@@ -1,0 +1,35 @@
+import type { BenchContext } from './context.js';
+import { plainMessages, publishAll } from './load.js';
+import type { QueueSystem } from './system.js';
+import { int } from './table.js';
+import { timedDrain } from './timed-drain.js';
+
+/**
+ * Scenario 2's measurement: for each repetition and each system in turn, a fresh schema, `n` waiting messages
+ * published in batches of 1,000, and the drain timed until every one is acked. Returns each system's msg/s per
+ * repetition, and closes the systems.
+ */
+export async function drainRuns(
+  ctx: BenchContext,
+  scenario: string,
+  systems: QueueSystem[],
+  n: number,
+): Promise<Map<QueueSystem, number[]>> {
+  const runs = new Map<QueueSystem, number[]>(systems.map((s) => [s, []]));
+  const messages = plainMessages(n);
+  try {
+    for (let rep = 1; rep <= ctx.config.reps; rep++) {
+      for (const system of systems) {
+        await system.reset();
+        await publishAll(ctx.pool, system, messages, 1000);
+        await system.prepare?.(n);
+        const rate = n / ((await timedDrain(system, n)) / 1000);
+        runs.get(system)?.push(rate);
+        ctx.log(`${scenario} rep ${rep} ${system.label}: ${int(rate)} msg/s`);
+      }
+    }
+  } finally {
+    for (const system of systems) await system.close();
+  }
+  return runs;
+}
