@@ -252,12 +252,15 @@ export class Consumer {
     if (Date.now() >= c.lease.expiresAt) return this.release([c]);
     const handler = this.config.handler as Handler<LeaseContext>;
     const context = this.keeper.track(c);
+    const { telemetry } = this.config;
+    const startedAt = telemetry.clock();
     try {
-      await this.config.telemetry.handle(c.message, async () => handler(c.message, context));
+      await telemetry.handle(c.message, async () => handler(c.message, context));
       this.settler.add(doneSettlement(c));
     } catch (error) {
       this.settler.add(failedSettlement(c, error, this.policy));
     } finally {
+      telemetry.ran(c.message, startedAt);
       this.keeper.untrack(c);
     }
   }

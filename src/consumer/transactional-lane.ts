@@ -134,11 +134,14 @@ function runOnConnection(
           unstarted.push(c);
           continue;
         }
+        const startedAt = config.telemetry.clock();
         try {
           const ctx = context(config, client, c, signal);
           await config.telemetry.handle(c.message, async () => config.handler(c.message, ctx));
         } catch (error) {
           throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
+        } finally {
+          config.telemetry.ran(c.message, startedAt);
         }
         settlements.push(doneSettlement(c));
       }

@@ -22,6 +22,11 @@ export interface TelemetrySink {
   published?(topic: string, count: number): void;
   /** Messages fanned out by a committed relay batch, by topic. */
   relayed?(byTopic: Readonly<Record<string, number>>): void;
+  /**
+   * One handler call ended, however it ended; the times are the hub's clock() (milliseconds since the epoch, with
+   * fractions). A hook, not a wrapper: timing a call this way adds no promise to the delivery.
+   */
+  ran?(message: OutboxMessage, startedAt: number, endedAt: number): void;
   /** Wraps one handler call: runs `run` and returns what it returns (or throws what it throws). */
   handle?<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T>;
   /** A delivery's outcome was recorded: acked, scheduled for a retry, or dead-lettered. */
@@ -38,6 +43,7 @@ export class TelemetryHub {
   private sinks: TelemetrySink[] = [];
   /** The sinks' handle(), bound once per change of the sinks, not per delivery. */
   private wraps: Wrap[] = [];
+  private timed = false;
 
   /** Whether any observer is attached: callers skip preparing what nobody hears. */
   get active(): boolean {
@@ -52,6 +58,7 @@ export class TelemetryHub {
   private set(sinks: TelemetrySink[]): void {
     this.sinks = sinks;
     this.wraps = sinks.flatMap<Wrap>((s) => (s.handle === undefined ? [] : [s.handle.bind(s)]));
+    this.timed = sinks.some((s) => s.ran !== undefined);
   }
 
   /** The scopes of the observers that watch publishing, as one; undefined when none does. */
@@ -86,6 +93,18 @@ export class TelemetryHub {
     if (wraps.length === 1) return (wraps[0] as Wrap)(message, run);
     // The first sink's wrapper is the outermost (a tracing span then also covers the metrics' timing).
     return wraps.reduceRight<() => Promise<T>>((inner, wrap) => () => wrap(message, inner), run)();
+  }
+
+  /** Now, for ran(): wall-clock milliseconds at the monotonic clock's resolution; 0 when no sink times calls. */
+  clock(): number {
+    return this.timed ? performance.timeOrigin + performance.now() : 0;
+  }
+
+  /** A handler call that began at `startedAt` (clock()) has ended. */
+  ran(message: OutboxMessage, startedAt: number): void {
+    if (!this.timed) return;
+    const endedAt = this.clock();
+    for (const s of this.sinks) guard(() => s.ran?.(message, startedAt, endedAt));
   }
 
   settled(subscription: string, topic: string, outcome: SettledOutcome): void {
