@@ -27,10 +27,6 @@ class Cells<C extends { labels: Labels }> {
   all(): IterableIterator<C> {
     return this.cells.values();
   }
-
-  clear(): void {
-    this.cells.clear();
-  }
 }
 
 export interface CounterCell {
@@ -121,8 +117,12 @@ export class LocalHistogram {
     return Promise.resolve({ name, help, type, aggregator, values });
   }
 
-  /** registry.resetMetrics() */
+  /** registry.resetMetrics(): every cell back to zero, in place (the sinks keep references to them). */
   reset(): void {
-    this.cells.clear();
+    for (const cell of this.cells.all()) {
+      cell.counts.fill(0);
+      cell.sum = 0;
+      cell.count = 0;
+    }
   }
 }

@@ -236,3 +236,37 @@ describe('examples/metrics', () => {
     expect(stdout).toMatch(/stopped after \d+ orders/);
   });
 });
+
+describe('metrics after registry.resetMetrics()', () => {
+  let t: OutboxTestContext;
+  beforeAll(async () => {
+    t = await setupOutboxTest();
+  });
+  afterAll(async () => t.close());
+
+  it('counts again from zero', async () => {
+    const registry = new Registry();
+    const o = t.outbox({ relay: { pollIntervalMs: 5 } });
+    const handled: string[] = [];
+    o.subscribe('reset', { topics: ['reset.job'], pollIntervalMs: 20 }, (m) => {
+      handled.push(m.id);
+    });
+    await o.metrics({ registry, gauges: false });
+    await o.start();
+    await o.publish(t.pool, 'reset.job', {});
+    await waitFor('one handled', () => handled.length === 1);
+    await waitFor('one counted', async () => {
+      const m = await scrape(registry);
+      return total(m.get('pg_outbox_deliveries_handled_total'), {}) === 1;
+    });
+    registry.resetMetrics();
+    await o.publish(t.pool, 'reset.job', {});
+    await o.publish(t.pool, 'reset.job', {});
+    await waitFor('two more handled', () => handled.length === 3);
+    await o.stop();
+    const m = await scrape(registry);
+    expect(total(m.get('pg_outbox_messages_published_total'), {})).toBe(2);
+    expect(total(m.get('pg_outbox_deliveries_handled_total'), {})).toBe(2);
+    expect(total(m.get('pg_outbox_handler_duration_seconds'), { le: '+Inf' })).toBe(2);
+  });
+});
