@@ -17,6 +17,33 @@ export interface PageContext {
   self: string;
 }
 
+/** The columns of each table. */
+const SUBSCRIPTION_COLUMNS = [
+  'Subscription',
+  'Topics',
+  'Pending',
+  'Delayed',
+  'In flight',
+  'Dead',
+  'Done last hour',
+  'Failed last hour',
+  'Oldest pending',
+  '',
+];
+const DEAD_LETTER_COLUMNS = ['Message', 'Topic', 'Key', 'Attempts', 'Dead at', 'Last error', 'Payload', ''];
+const DELIVERY_COLUMNS = [
+  'Subscription',
+  'Status',
+  'Attempts',
+  'First attempt',
+  'Last attempt',
+  'Finished',
+  'Consumer',
+  'Last error',
+];
+const FAILURE_COLUMNS = ['Subscription', 'Attempt', 'Failed at', 'Consumer', 'Error'];
+const MATCH_COLUMNS = ['Message', 'Topic', 'Published'];
+
 /** Longest payload shown in a list; the message page shows all of it. */
 const PREVIEW_CHARS = 2_000;
 
@@ -94,6 +121,24 @@ function json(value: unknown, max = Infinity): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
 }
 
+/** A table of `rows` under these headers; `empty` says why there is no row. */
+function table(headers: string[], rows: Html[], empty: string): Html {
+  const head = headers.map((h) => html`<th>${h}</th>`);
+  const none = html`<tr>
+    <td colspan="${headers.length}" class="muted">${empty}</td>
+  </tr>`;
+  return html`<table>
+    <thead>
+      <tr>
+        ${head}
+      </tr>
+    </thead>
+    <tbody>
+      ${rows.length === 0 ? none : rows}
+    </tbody>
+  </table>`;
+}
+
 const messageLink = (ctx: PageContext, id: string) =>
   html`<a href="${ctx.base}/message${query({ id })}">${id}</a>`;
 
@@ -121,31 +166,7 @@ export function overviewPage(ctx: PageContext, status: OutboxStatus): Html {
       Relay backlog: <strong>${status.relay.backlog}</strong> messages, lag
       <strong>${seconds(status.relay.lagMs)}</strong>.
     </p>
-    <table>
-      <thead>
-        <tr>
-          <th>Subscription</th>
-          <th>Topics</th>
-          <th>Pending</th>
-          <th>Delayed</th>
-          <th>In flight</th>
-          <th>Dead</th>
-          <th>Done last hour</th>
-          <th>Failed last hour</th>
-          <th>Oldest pending</th>
-          <th></th>
-        </tr>
-      </thead>
-      <tbody>
-        ${
-          rows.length === 0
-            ? html`<tr>
-                <td colspan="10" class="muted">No subscriptions yet.</td>
-              </tr>`
-            : rows
-        }
-      </tbody>
-    </table>
+    ${table(SUBSCRIPTION_COLUMNS, rows, 'No subscriptions yet.')}
     <p class="muted">Refreshes every 10 s.</p>`;
   return layout(ctx, 'Subscriptions', body, 10);
 }
@@ -209,30 +230,7 @@ export function deadLettersPage(
       ? null
       : html`<p><a href="${ctx.base}/dead-letters${query({ subscription, after: next })}">Next page</a></p>`;
   const body = html` ${letters.length > 0 ? writes : null}
-    <table>
-      <thead>
-        <tr>
-          <th>Message</th>
-          <th>Topic</th>
-          <th>Key</th>
-          <th>Attempts</th>
-          <th>Dead at</th>
-          <th>Last error</th>
-          <th>Payload</th>
-          <th></th>
-        </tr>
-      </thead>
-      <tbody>
-        ${
-          rows.length === 0
-            ? html`<tr>
-                <td colspan="8" class="muted">No dead letters.</td>
-              </tr>`
-            : rows
-        }
-      </tbody>
-    </table>
-    ${more}`;
+  ${table(DEAD_LETTER_COLUMNS, rows, 'No dead letters.')} ${more}`;
   return layout(ctx, `Dead letters of ${subscription}`, body);
 }
 
@@ -302,50 +300,9 @@ export function messagePage(ctx: PageContext, journey: MessageJourney): Html {
       </tbody>
     </table>
     <h2>Deliveries</h2>
-    <table>
-      <thead>
-        <tr>
-          <th>Subscription</th>
-          <th>Status</th>
-          <th>Attempts</th>
-          <th>First attempt</th>
-          <th>Last attempt</th>
-          <th>Finished</th>
-          <th>Consumer</th>
-          <th>Last error</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${
-          deliveries.length === 0
-            ? html`<tr>
-                <td colspan="8" class="muted">None yet.</td>
-              </tr>`
-            : deliveries
-        }
-      </tbody>
-    </table>
+    ${table(DELIVERY_COLUMNS, deliveries, 'None yet.')}
     <h2>Failed attempts</h2>
-    <table>
-      <thead>
-        <tr>
-          <th>Subscription</th>
-          <th>Attempt</th>
-          <th>Failed at</th>
-          <th>Consumer</th>
-          <th>Error</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${
-          failures.length === 0
-            ? html`<tr>
-                <td colspan="5" class="muted">None.</td>
-              </tr>`
-            : failures
-        }
-      </tbody>
-    </table>`;
+    ${table(FAILURE_COLUMNS, failures, 'None.')}`;
   return layout(ctx, `Message ${m.id}`, body);
 }
 
@@ -361,24 +318,7 @@ export function searchPage(ctx: PageContext, key: string, rows: KeyMatchRow[], s
   const body = html` <p class="muted">
       Among the newest ${scanned.toLocaleString('en')} messages, newest first.
     </p>
-    <table>
-      <thead>
-        <tr>
-          <th>Message</th>
-          <th>Topic</th>
-          <th>Published</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${
-          found.length === 0
-            ? html`<tr>
-                <td colspan="3" class="muted">No message with this key.</td>
-              </tr>`
-            : found
-        }
-      </tbody>
-    </table>`;
+    ${table(MATCH_COLUMNS, found, 'No message with this key.')}`;
   return layout(ctx, `Messages with key ${key}`, body);
 }
 
