@@ -90,6 +90,10 @@ GRANT SELECT, INSERT, DELETE ON :"schema".delivery_failures TO :"app_role";
 -- consumers: each Outbox that runs consumers registers itself once (INSERT ... ON CONFLICT DO UPDATE).
 GRANT SELECT, INSERT, UPDATE ON :"schema".consumers TO :"app_role";
 
+-- rate_buckets, the token buckets of rate-limited subscriptions: declareSubscription() fills one (INSERT ... ON
+-- CONFLICT DO UPDATE), every claim of a rate-limited subscription takes its tokens (UPDATE ... FROM a FOR UPDATE read).
+GRANT SELECT, INSERT, UPDATE ON :"schema".rate_buckets TO :"app_role";
+
 -- retention_state: retention records what it removed; replay({ since }) reads it.
 GRANT SELECT, UPDATE ON :"schema".retention_state TO :"app_role";
 

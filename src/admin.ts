@@ -153,6 +153,8 @@ export async function readStatus(pool: pg.Pool, s: SchemaName): Promise<OutboxSt
       oldestPendingMs: Math.max(0, Number(r.oldest_pending_ms)),
       ordered: r.ordered,
       blockKeyOnDead: r.block_key_on_dead,
+      rateLimit: r.rate_limit === null ? null : { perSecond: r.rate_limit, burst: r.rate_burst ?? 1 },
+      keyConcurrency: r.key_concurrency,
     })),
     relay,
   };

@@ -38,9 +38,17 @@ import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';
 import { assertKeyPart } from './idempotency-key.js';
+import { resolveKeyConcurrency, resolveRateLimit } from './flow-options.js';
 import { assertSubscriptionName, topicFilter } from './topics.js';
+import {
+  createTypedTopic,
+  type InferSchemaInput,
+  type InferSchemaOutput,
+  type TypedTopic,
+} from './typed-topic.js';
 import type {
   DeadLetter,
+  DeclareOptions,
   Handler,
   MessageJourney,
   PurgeOptions,
@@ -53,6 +61,7 @@ import type {
   PublishInput,
   PublishOptions,
   PublishResult,
+  StandardSchemaV1,
   SubscribeOptions,
   TransactionalContext,
 } from './types.js';
@@ -72,10 +81,13 @@ export interface Outbox {
    * topics and changes only the settings given: an omitted `ordered` or `blockKeyOnDead` keeps its stored value
    * (false for a new subscription).
    */
-  declareSubscription(
+  declareSubscription(name: string, options: DeclareOptions): Promise<void>;
+  /** Transactional mode with `db`: ctx.tx is the transaction object of db's library. */
+  subscribe<Payload = unknown, D extends Queryable = Queryable>(
     name: string,
-    options: { topics: string[]; ordered?: boolean; blockKeyOnDead?: boolean },
-  ): Promise<void>;
+    options: SubscribeOptions<Payload> & { mode: 'transactional'; db: D },
+    handler: Handler<TransactionalContext<TransactionOf<D>>, Payload>,
+  ): void;
   subscribe<Payload = unknown>(
     name: string,
     options: SubscribeOptions<Payload> & { mode: 'transactional' },
@@ -86,6 +98,16 @@ export interface Outbox {
     options: SubscribeOptions<Payload>,
     handler: Handler<LeaseContext, Payload>,
   ): void;
+  /**
+   * Declares a topic once with a Standard Schema validator (zod, valibot, arktype, ...): its publish and
+   * publishMany take the schema's input type and validate before anything is written (OUTBOX_INVALID_PAYLOAD
+   * with the issues); its subscribe hands handlers the schema's output and dead-letters a failing payload at once.
+   * The name must be a topic, not a pattern (OUTBOX_INVALID_TOPIC).
+   */
+  topic<S extends StandardSchemaV1>(
+    name: string,
+    schema: S,
+  ): TypedTopic<InferSchemaInput<S>, InferSchemaOutput<S>>;
   /**
    * Starts the relay and the registered consumers in this process. Idempotent; concurrent calls share one start.
    * When it fails (schema not migrated, a subscription conflict, the database down) nothing runs and it can be
@@ -174,7 +196,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
   );
   const lifecycle = createLifecycle({ config, consumers, relay, listener, leaseConnection, events, log });
 
-  return {
+  const outbox: Outbox = {
     logger: config.logger,
     async migrate() {
       await migrate(pool, schema, config.logger);
@@ -199,7 +221,13 @@ export function createOutbox(options: OutboxOptions): Outbox {
     },
     async declareSubscription(name, opts) {
       assertSubscriptionName(name);
-      assertKnownKeys('declareSubscription', opts, ['topics', 'ordered', 'blockKeyOnDead']);
+      assertKnownKeys('declareSubscription', opts, [
+        'topics',
+        'ordered',
+        'blockKeyOnDead',
+        'rateLimit',
+        'keyConcurrency',
+      ]);
       for (const option of ['ordered', 'blockKeyOnDead'] as const) {
         if (opts[option] !== undefined && typeof opts[option] !== 'boolean') {
           throw new OutboxError('OUTBOX_INVALID_OPTION', `${option} must be true or false`, {
@@ -211,13 +239,15 @@ export function createOutbox(options: OutboxOptions): Outbox {
         filter: topicFilter(opts.topics),
         ordered: opts.ordered,
         blockKeyOnDead: opts.blockKeyOnDead,
+        rateLimit: resolveRateLimit(opts.rateLimit),
+        keyConcurrency: resolveKeyConcurrency(opts.keyConcurrency),
       };
       await declareSubscription(pool, schema, name, request, 'declare');
     },
     subscribe(
       name: string,
       opts: SubscribeOptions,
-      handler: Handler<LeaseContext> | Handler<TransactionalContext>,
+      handler: Handler<LeaseContext> | Handler<TransactionalContext<never>>,
     ) {
       assertSubscriptionName(name);
       const resolved = resolveSubscribeOptions(opts);
@@ -249,6 +279,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       consumers.set(name, consumer);
       lifecycle.subscribed(name, consumer);
     },
+    topic: (name, topicSchema) => createTypedTopic(outbox, name, topicSchema),
     start: () => lifecycle.start(),
     stop: () => lifecycle.stop(),
     once(db, scope, key, fn) {
@@ -291,4 +322,5 @@ export function createOutbox(options: OutboxOptions): Outbox {
     on: (event, l) => events.on(event, l),
     off: (event, l) => events.off(event, l),
   };
+  return outbox;
 }

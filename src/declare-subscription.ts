@@ -10,14 +10,28 @@ import {
   type StoredSubscription,
   type SubscriptionSettings,
 } from './sql/subscriptions.js';
+import type { StoredRateLimit } from './flow-options.js';
 import type { TopicFilter } from './topics.js';
 
-/** What a declaration asks for; an undefined setting keeps its stored value (false for a new subscription). */
+/**
+ * What a declaration asks for; an undefined setting keeps its stored value (for a new subscription: false, and
+ * no limits). null asks for no limit.
+ */
 export interface SubscriptionRequest {
   filter: TopicFilter;
   ordered: boolean | undefined;
   blockKeyOnDead: boolean | undefined;
+  rateLimit?: StoredRateLimit | null | undefined;
+  keyConcurrency?: number | null | undefined;
 }
+
+const DEFAULTS: SubscriptionSettings = {
+  ordered: false,
+  blockKeyOnDead: false,
+  rateLimit: null,
+  keyConcurrency: null,
+};
+const SETTINGS = ['ordered', 'blockKeyOnDead', 'rateLimit', 'keyConcurrency'] as const;
 
 /**
  * Who declares. 'declare' (declareSubscription, the CLI) changes the settings it gives. 'consumer' (subscribe)
@@ -67,7 +81,7 @@ async function declareOnce(
 ): Promise<DeclaredSubscription | null> {
   const stored = await lockSubscription(exec, schema, name);
   if (stored === null) {
-    const settings = { ordered: request.ordered ?? false, blockKeyOnDead: request.blockKeyOnDead ?? false };
+    const settings = merge(DEFAULTS, request);
     assertConsistent(name, settings);
     const id = await insertSubscription(exec, schema, name, request.filter, settings);
     return id === null ? null : { id, ...settings };
@@ -76,8 +90,7 @@ async function declareOnce(
   assertConsistent(name, settings);
   const unchanged =
     sameTopics(stored.topics, request.filter.topics) &&
-    stored.ordered === settings.ordered &&
-    stored.blockKeyOnDead === settings.blockKeyOnDead;
+    SETTINGS.every((option) => same(stored[option], settings[option]));
   if (!unchanged) await updateSubscription(exec, schema, stored.id, request.filter, settings);
   return { id: stored.id, ...settings };
 }
@@ -86,34 +99,64 @@ function merge(stored: SubscriptionSettings, request: SubscriptionRequest): Subs
   return {
     ordered: request.ordered ?? stored.ordered,
     blockKeyOnDead: request.blockKeyOnDead ?? stored.blockKeyOnDead,
+    rateLimit: request.rateLimit === undefined ? stored.rateLimit : request.rateLimit,
+    keyConcurrency: request.keyConcurrency === undefined ? stored.keyConcurrency : request.keyConcurrency,
   };
 }
 
-const FLAGS = { ordered: 'ordered', blockKeyOnDead: 'block-key-on-dead' } as const;
+/** Equal settings: the same flag or number, or rate limits with the same rate and burst. */
+function same(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** How the CLI spells a setting's value (`pg-outbox declare`). */
+function cliFlag(option: (typeof SETTINGS)[number], value: unknown): string {
+  if (option === 'rateLimit') {
+    const limit = value as StoredRateLimit | null;
+    return limit === null ? '--no-rate-limit' : `--rate-limit ${limit.perSecond} --burst ${limit.burst}`;
+  }
+  if (option === 'keyConcurrency') {
+    return value === null ? '--no-key-concurrency' : `--key-concurrency ${value as number}`;
+  }
+  return `--${value === true ? '' : 'no-'}${option === 'ordered' ? 'ordered' : 'block-key-on-dead'}`;
+}
 
 function matchStored(
   name: string,
   stored: StoredSubscription,
   request: SubscriptionRequest,
 ): SubscriptionSettings {
-  for (const option of ['ordered', 'blockKeyOnDead'] as const) {
+  for (const option of SETTINGS) {
     const requested = request[option];
-    if (requested === undefined || requested === stored[option]) continue;
-    const flag = `--${requested ? '' : 'no-'}${FLAGS[option]}`;
+    if (requested === undefined || same(requested, stored[option])) continue;
+    const shown = (v: unknown) => JSON.stringify(v);
     throw new OutboxError(
       'OUTBOX_SUBSCRIPTION_CONFLICT',
-      `Subscription "${name}" is stored with ${option}: ${stored[option]}, but subscribe() asks for ` +
-        `${option}: ${requested}. A consumer does not change a subscription's settings, which all its consumers ` +
+      `Subscription "${name}" is stored with ${option}: ${shown(stored[option])}, but subscribe() asks for ` +
+        `${option}: ${shown(requested)}. A consumer does not change a subscription's settings, which all its consumers ` +
         `share: omit ${option} to run with the stored value, or change it first with ` +
-        `declareSubscription("${name}", { topics, ${option}: ${requested} }) or ` +
-        `\`pg-outbox declare ${name} --topic <topic> ${flag}\`.`,
+        `declareSubscription("${name}", { topics, ${option}: ${shown(requested)} }) or ` +
+        `\`pg-outbox declare ${name} --topic <topic> ${cliFlag(option, requested)}\`.`,
       { value: { subscription: name, option, stored: stored[option], requested } },
     );
   }
-  return { ordered: stored.ordered, blockKeyOnDead: stored.blockKeyOnDead };
+  return {
+    ordered: stored.ordered,
+    blockKeyOnDead: stored.blockKeyOnDead,
+    rateLimit: stored.rateLimit,
+    keyConcurrency: stored.keyConcurrency,
+  };
 }
 
 function assertConsistent(name: string, settings: SubscriptionSettings): void {
+  if (settings.keyConcurrency !== null && settings.ordered) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      `keyConcurrency applies to unordered subscriptions, and "${name}" would be ordered, which runs one delivery ` +
+        'of a key at a time already: drop keyConcurrency (CLI: --no-key-concurrency) or ordered',
+      { value: { subscription: name, ...settings } },
+    );
+  }
   if (settings.blockKeyOnDead && !settings.ordered) {
     throw new OutboxError(
       'OUTBOX_INVALID_OPTION',

@@ -20,4 +20,12 @@ export type { AdminAction } from './admin-ui/auth.js';
 export type { DiscardOptions } from './discard-dead-letters.js';
 export type { ResetRelayResult } from './relay/reset.js';
 export { createWeakCheck, type WeakCheck, type WeakCheckOptions, type RedisCommands } from './weak-check.js';
+export type {
+  TypedTopic,
+  TypedPublishInput,
+  TopicSubscribeOptions,
+  TopicPayloadIssue,
+  InferSchemaInput,
+  InferSchemaOutput,
+} from './typed-topic.js';
 export type * from './types.js';

@@ -3,6 +3,9 @@ import { hostname } from 'node:os';
 import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import { OutboxError } from './errors.js';
+import { adapterFor } from './db/adapters/index.js';
+import { resolveKeyConcurrency, resolveRateLimit, type StoredRateLimit } from './flow-options.js';
+import type { Queryable } from './db/executor.js';
 import { schemaName, type SchemaName } from './db/identifiers.js';
 import type { ConsumerIdentity } from './sql/consumers.js';
 import type { TracingOptions } from './telemetry/tracing.js';
@@ -111,6 +114,11 @@ export interface ResolvedSubscribeOptions {
   filter: TopicFilter;
   schema: StandardSchemaV1 | undefined;
   mode: SubscriptionMode;
+  /** Transactional mode: the library that opens the handler transactions (undefined: the Outbox's pool). */
+  db: Queryable | undefined;
+  /** As for ordered: undefined runs with the stored setting; a value (null: none) must match it. */
+  rateLimit: StoredRateLimit | null | undefined;
+  keyConcurrency: number | null | undefined;
   /** As asked for; undefined runs with the stored value (the subscription stores its settings). */
   ordered: boolean | undefined;
   /** As asked for; undefined runs with the stored value. */
@@ -296,6 +304,9 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     'pollIntervalMs',
     'retry',
     'schema',
+    'db',
+    'rateLimit',
+    'keyConcurrency',
   ]);
   const mode = o.mode ?? 'lease';
   if (mode !== 'lease' && mode !== 'transactional') {
@@ -321,7 +332,10 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     filter: topicFilter(o.topics),
     schema: payloadSchema(o.schema),
     mode,
+    db: handlerDb(o.db, mode),
     ordered,
+    rateLimit: resolveRateLimit(o.rateLimit),
+    keyConcurrency: resolveKeyConcurrency(o.keyConcurrency),
     blockKeyOnDead,
     maxAttempts: integer('maxAttempts', o.maxAttempts, 10, 1, 1000),
     batchSize: integer('batchSize', o.batchSize, 100, 1, 10_000),
@@ -341,18 +355,49 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
   };
 }
 
+function handlerDb(value: unknown, mode: SubscriptionMode): Queryable | undefined {
+  if (value === undefined) return undefined;
+  if (mode !== 'transactional') {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'db applies to transactional mode, where the handler gets ctx.tx: set mode: "transactional"',
+    );
+  }
+  const adapter = adapterFor(value);
+  if (adapter === undefined) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_EXECUTOR',
+      'db must be a Kysely, Drizzle, Knex, Prisma, TypeORM or postgres.js pool object, or a pg Pool',
+      { value: typeof value },
+    );
+  }
+  if (adapter.inTransaction(value)) {
+    throw new OutboxError(
+      'OUTBOX_INVALID_EXECUTOR',
+      `db must be a pool that opens transactions (a ${adapter.library} transaction or lent connection cannot host one per handler)`,
+      { value: adapter.library },
+    );
+  }
+  return value as Queryable;
+}
+
 function payloadSchema(value: unknown): StandardSchemaV1 | undefined {
   if (value === undefined) return undefined;
-  // Validators may be functions (arktype's are), so look up the property on either kind of object.
-  const holder = value !== null && (typeof value === 'object' || typeof value === 'function') ? value : null;
-  const standard = (holder === null ? undefined : Reflect.get(holder, '~standard')) as
-    { version?: unknown; validate?: unknown } | undefined;
-  if (standard?.version !== 1 || typeof standard.validate !== 'function') {
+  if (!isStandardSchema(value)) {
     throw new OutboxError(
       'OUTBOX_INVALID_OPTION',
       'schema must be a Standard Schema v1 validator (zod 3.24+, valibot 1, arktype 2, ...)',
       { value: typeof value },
     );
   }
-  return value as StandardSchemaV1;
+  return value;
+}
+
+/** A Standard Schema v1 validator: `~standard` with version 1 and validate(). */
+export function isStandardSchema(value: unknown): value is StandardSchemaV1 {
+  // Validators may be functions (arktype's are), so look up the property on either kind of object.
+  const holder = value !== null && (typeof value === 'object' || typeof value === 'function') ? value : null;
+  const standard = (holder === null ? undefined : Reflect.get(holder, '~standard')) as
+    { version?: unknown; validate?: unknown } | undefined;
+  return standard?.version === 1 && typeof standard.validate === 'function';
 }

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import type { Queryable } from './db/executor.js';
 
 export interface PublishOptions {
   /** Ordering and partitioning key, e.g. an order id. */
@@ -52,7 +53,36 @@ export interface RetryOptions {
   maxDelayMs?: number;
 }
 
-export interface SubscribeOptions<Payload = unknown> {
+/** A rate limit shared by every consumer of a subscription, in every process. */
+export interface RateLimit {
+  /** Deliveries handed out per second (claims, retries included), across all consumers of the subscription. */
+  perSecond: number;
+  /** Deliveries an idle subscription may hand out at once before the rate applies. @defaultValue max(1, perSecond / 10) */
+  burst?: number;
+}
+
+/** Flow-control settings, stored with the subscription and shared by all its consumers. */
+export interface FlowOptions {
+  /**
+   * At most `perSecond` deliveries handed out per second by all consumers of the subscription together, whatever
+   * their number of processes (a token bucket in the database). null: no limit. @defaultValue none
+   */
+  rateLimit?: RateLimit | null;
+  /**
+   * Unordered subscriptions: at most this many deliveries of one key in flight at once, across all consumers (rows
+   * without a key are not limited). null: no limit. @defaultValue none
+   */
+  keyConcurrency?: number | null;
+}
+
+/** Options of declareSubscription: the topics replace the stored ones; an omitted setting keeps its stored value. */
+export interface DeclareOptions extends FlowOptions {
+  topics: string[];
+  ordered?: boolean;
+  blockKeyOnDead?: boolean;
+}
+
+export interface SubscribeOptions<Payload = unknown> extends FlowOptions {
   /** Topic names and patterns (`order.*` one segment, `order.#` one or more). */
   topics: string[];
   /**
@@ -98,6 +128,15 @@ export interface SubscribeOptions<Payload = unknown> {
    * the validator's output. @defaultValue none
    */
   schema?: StandardSchemaV1<unknown, Payload>;
+  /**
+   * Transactional mode: the handler transaction is opened through this data library instead of a pg client of the
+   * Outbox's pool, and `ctx.tx` is that library's transaction object (Kysely Transaction, Drizzle tx, Knex trx,
+   * Prisma's transaction client, TypeORM EntityManager, postgres.js transaction `sql`), so the handler writes with
+   * the same library as the rest of the application. A pool, not a transaction or a lent client: each handler
+   * transaction takes a connection of its own. It must reach the same database as the Outbox's pool. Prisma's
+   * interactive transactions get a timeout of at least leaseMs. @defaultValue a pg client of the Outbox's pool
+   */
+  db?: Queryable;
 }
 
 /** The Standard Schema v1 interface (https://standardschema.dev), copied as its spec asks; no dependency. */
@@ -134,14 +173,15 @@ export interface LeaseContext {
 
 export type OnceResult<T> = { duplicate: false; result: T } | { duplicate: true };
 
-export interface TransactionalContext extends LeaseContext {
+/** `Tx`: a pg PoolClient of the Outbox's pool, or the transaction of the library given as subscribe's `db`. */
+export interface TransactionalContext<Tx = pg.PoolClient> extends LeaseContext {
   /** The transaction that also acks this delivery; do not COMMIT, ROLLBACK or release it. */
-  tx: pg.PoolClient;
+  tx: Tx;
   /**
    * Strong idempotency check inside `tx`: records (subscription, key) and runs fn only if the key is new.
    * Default key: the message id.
    */
-  once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>>;
+  once<T>(key: string | undefined, fn: (tx: Tx) => Promise<T>): Promise<OnceResult<T>>;
 }
 
 export type Handler<Ctx, Payload = unknown> = (
@@ -180,6 +220,10 @@ export interface SubscriptionStatus {
   oldestPendingMs: number;
   ordered: boolean;
   blockKeyOnDead: boolean;
+  /** The stored rate limit (null: none). */
+  rateLimit: { perSecond: number; burst: number } | null;
+  /** The stored limit of deliveries of one key in flight (null: none). */
+  keyConcurrency: number | null;
 }
 
 export interface OutboxStatus {

@@ -9,6 +9,15 @@ export function positiveInteger(value: string): number {
   return n;
 }
 
+/** Commander argument parser: a number above 0 (a rate, a burst). */
+export function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || n <= 0) {
+    throw new InvalidArgumentError('expected a number above 0');
+  }
+  return n;
+}
+
 /** Commander argument parser for a repeatable option: collects every value. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];

@@ -7,7 +7,7 @@ import type { OutboxEmitter } from '../events.js';
 import type { ResolvedSubscribeOptions } from '../options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
-import { claimBatch } from './claim-batch.js';
+import { FlowControl } from './flow-control.js';
 import { releaseDeliveries, settleDeliveries, settlementKey } from '../sql/deliveries.js';
 import type { SubscriptionSettings } from '../sql/subscriptions.js';
 import type { Handler, LeaseContext, TransactionalContext } from '../types.js';
@@ -33,7 +33,7 @@ export interface ConsumerConfig {
   /** Where lease extensions run: a connection outside the pool, shared by the Outbox's consumers. */
   leaseConnection: Executor;
   options: ResolvedSubscribeOptions;
-  handler: Handler<LeaseContext> | Handler<TransactionalContext>;
+  handler: Handler<LeaseContext> | Handler<TransactionalContext<never>>;
   logger: Logger;
   events: OutboxEmitter;
   telemetry: TelemetryHub;
@@ -76,8 +76,10 @@ export class Consumer {
   private readonly keeper: LeaseKeeper;
   private readonly log: Logger;
   private readonly policy: RetryPolicy;
+  private readonly flow: FlowControl;
 
   constructor(private readonly config: ConsumerConfig) {
+    this.flow = new FlowControl(config.pool, config.schema, () => this.subscriptionId);
     this.log = config.logger.child({ component: 'consumer', subscription: config.name });
     this.policy = { maxAttempts: config.options.maxAttempts, ...config.options.retry };
     this.keeper = new LeaseKeeper(config.leaseConnection, config.schema, config.options.leaseMs, this.log);
@@ -99,6 +101,7 @@ export class Consumer {
     this.subscriptionId = subscription.id;
     this.consumerId = subscription.consumerId;
     this.ordered = subscription.ordered;
+    this.flow.reset(subscription);
     this.stopping = false;
     this.abandon = new AbortController();
     this.loopDone = this.loop();
@@ -147,22 +150,29 @@ export class Consumer {
           await setImmediate();
           continue;
         }
+        const allowed = await this.flow.allow(limit);
+        if (allowed.limit === 0) {
+          await this.wakeup.wait(allowed.waitMs); // the rate limit's tokens
+          continue;
+        }
         const request = {
           subscriptionId: this.subscriptionId,
-          limit,
+          limit: allowed.limit,
           leaseMs,
           maxAttempts,
           consumer: this.consumerId,
           backlog,
         };
-        const claimed = await claimBatch(exec, this.config.schema, request, (rows, sentAt) =>
+        const claimed = await this.flow.claim(exec, request, (rows, sentAt) =>
           this.accept(rows, new Lease(rows.length, leaseMs, sentAt, (l) => this.giveBack(l))),
         );
         failures = 0;
-        backlog = claimed === limit;
+        await this.flow.used(allowed.limit, claimed);
+        backlog = claimed === allowed.limit;
         if (backlog) continue;
         const nextDueMs = await selectNextDueMs(exec, this.config.schema, this.subscriptionId);
-        const busyMs = this.ordered ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
+        // Due rows that wait behind their key (ordered, or a key at its limit) free up when a delivery settles.
+        const busyMs = this.ordered || this.flow.keyLimited ? ORDERED_BUSY_RETRY_MS : BUSY_RETRY_MS;
         await this.wakeup.wait(Math.min(Math.max(nextDueMs ?? pollIntervalMs, busyMs), pollIntervalMs));
       } catch (error) {
         failures += 1;
@@ -270,6 +280,8 @@ export class Consumer {
       const result = await runTransactionalLane(
         {
           pool: this.config.pool,
+          db: this.config.options.db,
+          leaseMs: this.config.options.leaseMs,
           schema: this.config.schema,
           subscription: this.config.name,
           handler: this.config.handler,

@@ -30,7 +30,8 @@ export function withPayloadSchema<Ctx>(
   };
 }
 
-function issuesText(issues: readonly StandardSchemaV1.Issue[]): string {
+/** The issues as one line, `path: message` each, cut at MAX_ISSUES_TEXT characters. */
+export function issuesText(issues: readonly StandardSchemaV1.Issue[]): string {
   const text = issues
     .map((issue) => {
       const path = (issue.path ?? []).map((p) => String(typeof p === 'object' ? p.key : p)).join('.');

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { inPoolTransaction } from '../db/checkout.js';
-import { pgExecutor } from '../db/executor.js';
+import { pgExecutor, withTransaction, type Executor, type Queryable } from '../db/executor.js';
 import { isTransactionConflict } from '../db/pg-errors.js';
 import type { SchemaName } from '../db/identifiers.js';
 import { lockClaimedDeliveries, releaseDeliveries, settleDeliveries } from '../sql/deliveries.js';
@@ -14,9 +14,12 @@ import type { TelemetryHub } from '../telemetry/hub.js';
 
 export interface LaneConfig {
   pool: pg.Pool;
+  /** Opens the handler transactions when set (subscribe's `db`); else a client of `pool` does. */
+  db: Queryable | undefined;
+  leaseMs: number;
   schema: SchemaName;
   subscription: string;
-  handler: Handler<TransactionalContext>;
+  handler: Handler<TransactionalContext<never>>;
   telemetry: TelemetryHub;
   policy: RetryPolicy;
   log: Logger;
@@ -112,6 +115,19 @@ async function runInTransaction(
   }
 }
 
+/**
+ * Runs fn in a handler transaction: on a client of the Outbox's pool (whose connection errors abort ctx.signal),
+ * or through the library given as subscribe's `db` (ctx.tx is then its transaction object).
+ */
+function inHandlerTransaction<T>(
+  config: LaneConfig,
+  onConnectionError: (error: Error) => void,
+  fn: (exec: Executor, tx: unknown) => Promise<T>,
+): Promise<T> {
+  if (config.db !== undefined) return withTransaction(config.db, fn, { timeoutMs: config.leaseMs });
+  return inPoolTransaction(config.pool, (client) => fn(pgExecutor(client), client), onConnectionError);
+}
+
 function runOnConnection(
   config: LaneConfig,
   chunk: Claimed[],
@@ -119,60 +135,52 @@ function runOnConnection(
   signal: AbortSignal,
   onConnectionError: (error: Error) => void,
 ): Promise<LaneResult> {
-  const { pool, schema } = config;
-  return inPoolTransaction(
-    pool,
-    async (client) => {
-      const exec = pgExecutor(client);
-      const fences = [...chunk.map(fenceOf), ...failures];
-      const locked = await lockClaimedDeliveries(exec, schema, fences);
-      const settlements = failures.filter((f) => locked.has(f.deliveryId));
-      const unstarted: Claimed[] = [];
-      for (const [index, c] of chunk.entries()) {
-        if (!locked.has(c.message.deliveryId)) continue; // re-claimed by another consumer after our lease ran out
-        if (config.isStopping() || Date.now() >= c.lease.expiresAt) {
-          unstarted.push(c);
-          continue;
-        }
-        const startedAt = config.telemetry.clock();
-        try {
-          const ctx = context(config, client, c, signal);
-          await config.telemetry.handle(c.message, async () => config.handler(c.message, ctx));
-        } catch (error) {
-          throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
-        } finally {
-          config.telemetry.ran(c.message, startedAt);
-        }
-        settlements.push(doneSettlement(c));
+  const { schema } = config;
+  return inHandlerTransaction(config, onConnectionError, async (exec, tx) => {
+    const fences = [...chunk.map(fenceOf), ...failures];
+    const locked = await lockClaimedDeliveries(exec, schema, fences);
+    const settlements = failures.filter((f) => locked.has(f.deliveryId));
+    const unstarted: Claimed[] = [];
+    for (const [index, c] of chunk.entries()) {
+      if (!locked.has(c.message.deliveryId)) continue; // re-claimed by another consumer after our lease ran out
+      if (config.isStopping() || Date.now() >= c.lease.expiresAt) {
+        unstarted.push(c);
+        continue;
       }
-      if (unstarted.length > 0) await releaseDeliveries(exec, schema, unstarted.map(fenceOf));
-      const settled =
-        settlements.length > 0 ? await settleDeliveries(exec, schema, settlements) : new Set<string>();
-      return { settlements, settled };
-    },
-    onConnectionError,
-  );
+      const startedAt = config.telemetry.clock();
+      try {
+        const ctx = context(config, exec, tx, c, signal);
+        await config.telemetry.handle(c.message, async () => config.handler(c.message, ctx));
+      } catch (error) {
+        throw new HandlerFailed(index, failedSettlement(c, error, config.policy), error);
+      } finally {
+        config.telemetry.ran(c.message, startedAt);
+      }
+      settlements.push(doneSettlement(c));
+    }
+    if (unstarted.length > 0) await releaseDeliveries(exec, schema, unstarted.map(fenceOf));
+    const settled =
+      settlements.length > 0 ? await settleDeliveries(exec, schema, settlements) : new Set<string>();
+    return { settlements, settled };
+  });
 }
 
 function context(
   config: LaneConfig,
-  client: pg.PoolClient,
+  exec: Executor,
+  tx: unknown,
   c: Claimed,
   signal: AbortSignal,
-): TransactionalContext {
+): TransactionalContext<never> {
+  // The handler was typed against the transaction object of its subscription's library (TransactionOf<db>).
   return {
-    tx: client,
+    tx: tx as never,
     signal,
-    async once<T>(key: string | undefined, fn: (tx: pg.PoolClient) => Promise<T>): Promise<OnceResult<T>> {
+    async once<T>(key: string | undefined, fn: (tx: never) => Promise<T>): Promise<OnceResult<T>> {
       if (key !== undefined) assertKeyPart('ctx.once key', key);
-      const fresh = await insertProcessedKey(
-        pgExecutor(client),
-        config.schema,
-        config.subscription,
-        key ?? c.message.id,
-      );
+      const fresh = await insertProcessedKey(exec, config.schema, config.subscription, key ?? c.message.id);
       if (!fresh) return { duplicate: true };
-      return { duplicate: false, result: await fn(client) };
+      return { duplicate: false, result: await fn(tx as never) };
     },
   };
 }

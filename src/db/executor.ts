@@ -1,76 +1,82 @@
 import type pg from 'pg';
-import { CompiledQuery, type Kysely, type Transaction } from 'kysely';
 import { OutboxError } from '../errors.js';
-import { inPoolTransaction } from './checkout.js';
+import type { TransactionOptions } from './adapters/adapter.js';
+import type { DrizzleLike } from './adapters/drizzle.js';
+import { adapterFor } from './adapters/index.js';
+import type { KnexLike } from './adapters/knex.js';
+import type { AnyKysely, AnyTransaction } from './adapters/kysely.js';
+import type { QueryClient } from './adapters/node-postgres.js';
+import type { PostgresJsLike } from './adapters/postgres-js.js';
+import type { PrismaLike } from './adapters/prisma.js';
 import { isNoActiveTransaction } from './pg-errors.js';
 
-// Kysely's database type is the caller's; we only run raw SQL through it.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type AnyKysely = Kysely<any>;
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type AnyTransaction = Transaction<any>;
+export { pgExecutor } from './adapters/node-postgres.js';
 
-/** What callers may pass as `db`: a pg Pool, PoolClient or Client, or a Kysely instance or Transaction. */
-export type Queryable = pg.Pool | pg.PoolClient | pg.Client | AnyKysely | AnyTransaction;
+/**
+ * What callers may pass as `db`: a pg Pool, PoolClient or Client; a Kysely instance or Transaction; a Drizzle
+ * database or transaction; a Knex instance or transaction; a PrismaClient (driver adapter) or its interactive
+ * transaction client; a TypeORM DataSource, EntityManager or QueryRunner; a postgres.js `sql` or the `sql` of
+ * sql.begin(); or any object with pg's `query(text, values)` returning rows or `{ rows }`.
+ */
+export type Queryable =
+  | pg.Pool
+  | pg.PoolClient
+  | pg.Client
+  | AnyKysely
+  | AnyTransaction
+  | DrizzleLike
+  | KnexLike
+  | PrismaLike
+  | PostgresJsLike
+  | QueryClient;
 
 /** One way to run a statement, whatever the caller handed us. */
 export interface Executor {
   query<R>(text: string, params?: readonly unknown[]): Promise<R[]>;
 }
 
-/** The transaction handed to `once()` callbacks: a pg client, or a Kysely Transaction when given Kysely. */
-export type TransactionOf<D extends Queryable> = D extends AnyKysely
+/** The first parameter of the callback a transaction method takes, whichever argument that callback is. */
+type CallbackTx<F> = F extends (...args: infer A) => unknown
+  ? Extract<A[number], (tx: never) => unknown> extends (tx: infer T) => unknown
+    ? T
+    : never
+  : never;
+
+/**
+ * The transaction handed to once() callbacks and to transactional handlers: the library's own transaction
+ * object (a pg PoolClient for a Pool, a Kysely Transaction, Drizzle's tx, Knex's trx, Prisma's transaction
+ * client, TypeORM's EntityManager, postgres.js's transaction `sql`), or db itself when it is a transaction.
+ */
+export type TransactionOf<D> = D extends AnyKysely
   ? AnyTransaction
   : D extends pg.Pool
     ? pg.PoolClient
-    : D;
-
-function isKysely(db: object): db is AnyKysely {
-  return typeof (db as Partial<AnyKysely>).executeQuery === 'function' && 'isTransaction' in db;
-}
-
-function isPool(db: object): db is pg.Pool {
-  return 'totalCount' in db && typeof (db as Partial<pg.Pool>).connect === 'function';
-}
-
-function isClient(db: object): db is pg.ClientBase {
-  return typeof (db as Partial<pg.ClientBase>).query === 'function';
-}
+    : D extends { $transaction: infer F }
+      ? CallbackTx<F>
+      : D extends { begin: infer F; unsafe: unknown }
+        ? CallbackTx<F>
+        : D extends { transaction: infer F }
+          ? CallbackTx<F>
+          : D;
 
 function invalid(db: unknown): OutboxError {
   return new OutboxError(
     'OUTBOX_INVALID_EXECUTOR',
-    'Expected a pg Pool, PoolClient or Client, or a Kysely instance or Transaction as the first argument',
+    'Expected a pg Pool or client, a Kysely, Drizzle, Knex, Prisma, TypeORM or postgres.js object, or an object ' +
+      'with query(text, values), as the first argument',
     { value: typeof db },
   );
 }
 
-export function pgExecutor(client: pg.Pool | pg.ClientBase): Executor {
-  return {
-    async query<R>(text: string, params: readonly unknown[] = []) {
-      const result = await client.query(text, params as unknown[]);
-      return result.rows as R[];
-    },
-  };
-}
-
-function kyselyExecutor(db: AnyKysely): Executor {
-  // Result plugins (CamelCasePlugin, ...) would rename our columns; our statements read raw rows.
-  const raw = db.withoutPlugins();
-  return {
-    async query<R>(text: string, params: readonly unknown[] = []) {
-      const result = await raw.executeQuery<R>(CompiledQuery.raw(text, [...params]));
-      return [...result.rows];
-    },
-  };
+function adapterOf(db: unknown) {
+  const adapter = adapterFor(db);
+  if (adapter === undefined) throw invalid(db);
+  return adapter;
 }
 
 /** Wraps the caller's connection. Statements run inline: never BEGIN/COMMIT on a lent connection. */
 export function toExecutor(db: Queryable): Executor {
-  if (typeof db !== 'object' || db === null) throw invalid(db);
-  if (isKysely(db)) return kyselyExecutor(db);
-  if (isPool(db) || isClient(db)) return pgExecutor(db);
-  throw invalid(db);
+  return adapterOf(db).executor(db);
 }
 
 async function inSavepoint<T>(exec: Executor, fn: () => Promise<T>): Promise<T> {
@@ -98,28 +104,20 @@ async function inSavepoint<T>(exec: Executor, fn: () => Promise<T>): Promise<T> 
 }
 
 /**
- * Runs fn atomically. A Pool or Kysely instance gets a transaction of its own; a client or Kysely Transaction is
- * already the caller's transaction, so fn runs inside a savepoint there: a throw undoes fn's writes and leaves the
- * caller's transaction usable, and the caller's COMMIT decides.
+ * Runs fn atomically. A pool (pg Pool, Kysely or Drizzle database, Knex instance, PrismaClient, TypeORM
+ * DataSource, postgres.js sql) gets a transaction of its own through its library; a client or transaction is
+ * already the caller's, so fn runs inside a savepoint there: a throw undoes fn's writes and leaves the caller's
+ * transaction usable, and the caller's COMMIT decides.
  */
 export async function withTransaction<D extends Queryable, T>(
   db: D,
   fn: (exec: Executor, tx: TransactionOf<D>) => Promise<T>,
+  options: TransactionOptions = {},
 ): Promise<T> {
-  if (typeof db !== 'object' || db === null) throw invalid(db);
-  if (isKysely(db)) {
-    if (db.isTransaction) {
-      const exec = kyselyExecutor(db);
-      return inSavepoint(exec, () => fn(exec, db as TransactionOf<D>));
-    }
-    return db.transaction().execute((trx) => fn(kyselyExecutor(trx), trx as TransactionOf<D>));
+  const adapter = adapterOf(db);
+  if (adapter.inTransaction(db)) {
+    const exec = adapter.executor(db);
+    return inSavepoint(exec, () => fn(exec, db as unknown as TransactionOf<D>));
   }
-  if (isPool(db)) {
-    return inPoolTransaction(db, (client) => fn(pgExecutor(client), client as TransactionOf<D>));
-  }
-  if (isClient(db)) {
-    const exec = pgExecutor(db);
-    return inSavepoint(exec, () => fn(exec, db as TransactionOf<D>));
-  }
-  throw invalid(db);
+  return adapter.transaction(db, (exec, tx) => fn(exec, tx as TransactionOf<D>), options);
 }

@@ -1,11 +1,26 @@
 // The only module that reads SQLSTATE codes.
 
-function sqlState(error: unknown): string | undefined {
-  if (typeof error === 'object' && error !== null && 'code' in error) {
-    const code = error.code;
-    return typeof code === 'string' ? code : undefined;
-  }
-  return undefined;
+const SQLSTATE = /^[0-9A-Z]{5}$/;
+/** Prisma's own codes (P1000-P6999); Postgres's P0 class is PL/pgSQL's. */
+const PRISMA_CODE = /^P[1-9][0-9]{3}$/;
+
+/**
+ * The SQLSTATE of a database error, as pg reports it (`code`) or as the data libraries wrap it: Drizzle, Knex and
+ * others keep the driver's error as `cause`; TypeORM copies `code`; Prisma keeps it in
+ * `meta.driverAdapterError.cause.originalCode`, and reports a deadlock or serialization failure in an interactive
+ * transaction as P2034.
+ */
+function sqlState(error: unknown, depth = 0): string | undefined {
+  if (typeof error !== 'object' || error === null || depth > 4) return undefined;
+  const { code, cause, meta } = error as { code?: unknown; cause?: unknown; meta?: unknown };
+  const prismaCode = typeof code === 'string' && PRISMA_CODE.test(code);
+  if (typeof code === 'string' && !prismaCode && SQLSTATE.test(code)) return code;
+  if (code === 'P2034') return '40001';
+  const adapterError = (meta as { driverAdapterError?: { cause?: { originalCode?: unknown } } } | undefined)
+    ?.driverAdapterError;
+  const original = adapterError?.cause?.originalCode;
+  if (typeof original === 'string') return original;
+  return sqlState(cause, depth + 1);
 }
 
 /** 25P01: SAVEPOINT outside a transaction block. */

@@ -1,5 +1,6 @@
 import type { Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
+import { inFlightOfKey } from './flow.js';
 
 /** A claimed delivery joined with its message. */
 export interface ClaimedRow {
@@ -47,15 +48,24 @@ const MESSAGE_MISSING_ERROR = 'the message no longer exists in the messages tabl
 export async function claimDeliveries(
   exec: Executor,
   s: SchemaName,
-  p: { subscriptionId: number; limit: number; leaseMs: number; maxAttempts: number; consumer: number },
+  p: {
+    subscriptionId: number;
+    limit: number;
+    leaseMs: number;
+    maxAttempts: number;
+    consumer: number;
+    keyLimit?: KeyLimit;
+  },
 ): Promise<ClaimedRow[]> {
+  const limited = p.keyLimit !== undefined;
   return exec.query<ClaimedRow>(
-    `WITH due AS (
+    `WITH ${limited ? admittedCte(s) : ''}due AS (
        SELECT q.id, q.subscription_id, q.message_id, q.attempt, q.leased_until, q.consumer_id
        FROM ${s.quoted}.deliveries q
        WHERE q.subscription_id = $1::int
          AND q.state = 'pending'
          AND q.available_at <= now()
+         ${limited ? 'AND q.id = ANY (ARRAY(SELECT a.id FROM admitted a))' : ''}
          -- Ordered subscriptions: only the head of each key. deliveries holds only pending rows, so any earlier
          -- row of the key is unfinished. The inequality on id keeps each probe a correlated index probe (an
          -- EXISTS with only equalities may be turned into a hashed subplan over the whole table).
@@ -120,6 +130,7 @@ export async function claimDeliveries(
            first_attempt_at = coalesce(d.first_attempt_at, d.last_attempt_at),
            last_attempt_at = now(),
            consumer_id = $7::int
+           ${limited ? ', limited_key = d.key' : ''}
        WHERE d.id = ANY (ARRAY(SELECT v.id FROM verdict v WHERE v.outcome = 'pending'))
        RETURNING d.id, d.message_id, 'pending'::text AS state, d.attempt, d.last_error
      ),
@@ -190,8 +201,35 @@ export async function claimDeliveries(
       LEASE_EXPIRED_ERROR,
       MESSAGE_MISSING_ERROR,
       p.consumer,
+      ...(p.keyLimit === undefined ? [] : [p.keyLimit.ids, p.keyLimit.perKey]),
     ],
   );
+}
+
+/** A key-limited claim: the candidates its transaction locked (lockLimitedCandidates) and the limit per key. */
+export interface KeyLimit {
+  ids: string[];
+  perKey: number;
+}
+
+/**
+ * Key-limited claims: of the candidates ($8), those that fit their key's limit ($9): a key's candidates in due
+ * order, as many as the limit leaves beside the key's deliveries in flight. Runs under the keys' advisory locks
+ * (see lockLimitedCandidates), in a statement whose snapshot is newer than every claim of these keys that
+ * committed before: the count is exact, and no other claim of these keys can lease meanwhile. The candidates are
+ * this transaction's row locks, so due's FOR UPDATE SKIP LOCKED takes them all.
+ */
+function admittedCte(s: SchemaName): string {
+  return `admitted AS (
+       SELECT c.id
+       FROM (
+         SELECT q.id, q.key, row_number() OVER (PARTITION BY q.key ORDER BY q.available_at, q.id) AS rank
+         FROM ${s.quoted}.deliveries q
+         WHERE q.id = ANY ($8::bigint[])
+       ) c
+       WHERE c.key IS NULL OR c.rank + (${inFlightOfKey(s, 'c.key')}) <= $9::int
+     ),
+     `;
 }
 
 /** Milliseconds until the subscription's next pending delivery is due (null when none), by Postgres's clock. */

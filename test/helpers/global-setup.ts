@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import type { TestProject } from 'vitest/node';
 import { startPostgres, type PostgresSource } from './postgres.js';
 
@@ -11,6 +12,8 @@ declare module 'vitest' {
 
 /** One PostgreSQL server for the whole run, shared by the parallel test files. */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // The Prisma test's client is generated, not committed (`npm run typecheck` generates it too).
+  execFileSync(process.execPath, ['test/fixtures/prisma/generate.mjs'], { stdio: 'inherit' });
   const postgres = await startPostgres();
   // One line, so a CI log shows which server the run used.
   console.log(`PostgreSQL for tests: ${postgres.source}`);

@@ -356,6 +356,7 @@ describe('bad input', () => {
       ['a number', 42],
       ['an empty object', {}],
       ['an object with a non-function query', { query: 'SELECT 1' }],
+      ['a function of no known library', () => 1],
     ])('rejects %s as db with OUTBOX_INVALID_EXECUTOR and writes nothing', async (_, db) => {
       const before = await messages();
       const bad = db as unknown as Queryable;

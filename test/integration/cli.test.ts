@@ -157,7 +157,8 @@ describe('pg-outbox migrate and declare', () => {
     ]);
     expect(declared, declared.stderr).toMatchObject({ code: 0 });
     expect(declared.stdout).toBe(
-      'declared subscription "orders": topics order.paid, order.refunded; ordered on, block key on dead as stored\n',
+      'declared subscription "orders": topics order.paid, order.refunded; ordered on, block key on dead as stored, ' +
+        'rate limit as stored, key concurrency as stored\n',
     );
     const orders = async () => find(await cliJson<OutboxStatus>(['status']), 'orders');
     expect(await orders()).toMatchObject({
@@ -176,6 +177,36 @@ describe('pg-outbox migrate and declare', () => {
     expect(await orders()).toMatchObject({ ordered: true, blockKeyOnDead: true });
     await cliJson(['declare', 'orders', '--topic', 'order.#', '--no-ordered', '--no-block-key-on-dead']);
     expect(await orders()).toMatchObject({ ordered: false, blockKeyOnDead: false });
+  });
+
+  it('sets and removes the flow-control limits, and refuses --burst without --rate-limit', async () => {
+    const limits = async () => find(await cliJson<OutboxStatus>(['status']), 'throttled');
+    const set = await cli([
+      'declare',
+      'throttled',
+      '--topic',
+      'throttle.me',
+      '--rate-limit',
+      '50',
+      '--burst',
+      '5',
+      '--key-concurrency',
+      '3',
+    ]);
+    expect(set, set.stderr).toMatchObject({ code: 0 });
+    expect(set.stdout).toContain('rate limit 50/s, key concurrency 3');
+    expect(await limits()).toMatchObject({ rateLimit: { perSecond: 50, burst: 5 }, keyConcurrency: 3 });
+    await cliJson(['declare', 'throttled', '--topic', 'throttle.me', '--no-rate-limit']);
+    expect(await limits()).toMatchObject({ rateLimit: null, keyConcurrency: 3 });
+    await cliJson(['declare', 'throttled', '--topic', 'throttle.me', '--no-key-concurrency']);
+    expect(await limits()).toMatchObject({ rateLimit: null, keyConcurrency: null });
+
+    const bad = await cli(['declare', 'throttled', '--topic', 'throttle.me', '--burst', '5']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('--burst needs --rate-limit');
+    const zero = await cli(['declare', 'throttled', '--topic', 'throttle.me', '--key-concurrency', '0']);
+    expect(zero.code).not.toBe(0);
+    expect(zero.stderr).toContain('expected a positive integer');
   });
 });
 

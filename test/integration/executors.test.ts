@@ -17,6 +17,7 @@ const KINDS = [
   'Client',
   'Kysely instance',
   'Kysely Transaction',
+  'query(text, values) object returning rows, inside BEGIN/COMMIT',
 ] as const;
 type Kind = (typeof KINDS)[number];
 
@@ -48,11 +49,20 @@ describe('publish and publishMany with every kind of db', () => {
         return fn(kysely);
       case 'Kysely Transaction':
         return kysely.transaction().execute((trx) => fn(trx));
+      case 'query(text, values) object returning rows, inside BEGIN/COMMIT':
       case 'PoolClient inside BEGIN/COMMIT': {
         const c = await t.pool.connect();
+        // Any driver with pg's query(text, values): this one returns the rows array itself, not { rows }.
+        const lent: Queryable =
+          kind === 'PoolClient inside BEGIN/COMMIT'
+            ? c
+            : {
+                query: (text: string, values?: unknown[]) =>
+                  c.query<Record<string, unknown>>(text, values).then((r) => r.rows),
+              };
         try {
           await c.query('BEGIN');
-          const result = await fn(c);
+          const result = await fn(lent);
           await c.query('COMMIT');
           return result;
         } finally {

@@ -47,6 +47,7 @@ const EXPECTED_PRIVILEGES: Record<string, string[]> = {
   pg_outbox_migrations_id_seq: [],
   // Plus UPDATE on the column recorded_at only (for the cleanup's FOR UPDATE SKIP LOCKED).
   processed: ['SELECT', 'INSERT', 'DELETE'],
+  rate_buckets: ['SELECT', 'INSERT', 'UPDATE'],
   relay_state: ['SELECT', 'UPDATE'],
   retention_state: ['SELECT', 'UPDATE'],
   subscription_lag: [],
@@ -414,6 +415,27 @@ describe('least privilege', () => {
       await waitFor('no dead letters left', async () => (await outbox.deadLetters(name)).length === 0);
     },
   );
+
+  it('consumes a rate-limited, key-limited subscription', async () => {
+    const outbox = appOutbox();
+    const name = 'lp-limited';
+    await outbox.declareSubscription(name, {
+      topics: ['lp.limited'],
+      rateLimit: { perSecond: 1000 },
+      keyConcurrency: 1,
+    });
+    const handled: string[] = [];
+    outbox.subscribe(name, { topics: ['lp.limited'] }, (m) => {
+      handled.push(m.id);
+    });
+    await outbox.start();
+    await outbox.publishMany(
+      appPool,
+      [1, 2, 3, 4].map((i) => ({ topic: 'lp.limited', key: `k${i % 2}`, payload: { i } })),
+    );
+    await waitFor('all four handled', () => handled.length === 4);
+    await outbox.stop();
+  });
 
   it('runs once() in a transaction of its own and cleans up expired keys and dead letters, on demand and in the relay', async () => {
     const outbox = appOutbox({
