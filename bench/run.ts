@@ -30,6 +30,7 @@ import { relayBacklogScenario } from './scenarios/relay-backlog.js';
 import { retentionScenario } from './scenarios/retention.js';
 import { statusScaleScenario } from './scenarios/status-scale.js';
 import { observabilityCostScenario } from './scenarios/observability-cost.js';
+import { flowControlScenario } from './scenarios/flow-control.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -43,6 +44,7 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   retention: retentionScenario,
   'status-scale': statusScaleScenario,
   'observability-cost': observabilityCostScenario,
+  'flow-control': flowControlScenario,
 };
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');

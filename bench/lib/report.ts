@@ -12,6 +12,7 @@ export const SCENARIOS = [
   'retention',
   'status-scale',
   'observability-cost',
+  'flow-control',
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 

@@ -336,7 +336,9 @@ export class Consumer {
       }
     }
     // A retry changes the next due time, which the claim loop may have read just before this write; in an ordered
-    // subscription any settled head lets the next delivery of its key become claimable.
-    if (retried || (this.ordered && settled.size > 0)) this.wakeup.nudge();
+    // subscription any settled head lets the next delivery of its key become claimable, and in a key-limited one
+    // any settled delivery frees a slot of its key.
+    const keyWaits = this.ordered || this.flow.keyLimited;
+    if (retried || (keyWaits && settled.size > 0)) this.wakeup.nudge();
   }
 }

@@ -1,7 +1,5 @@
-import { type } from 'arktype';
-import * as v from 'valibot';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   isOutboxError,
   OutboxError,
@@ -11,16 +9,13 @@ import {
 } from '../../src/index.js';
 import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 import { thrown } from '../helpers/thrown.js';
-
-interface OrderInput {
-  orderId: string;
-  points: number | string;
-}
-
-interface Order {
-  orderId: string;
-  points: number;
-}
+import {
+  arktypeOrder,
+  valibotOrder,
+  zodOrder,
+  type Order,
+  type OrderInput,
+} from '../fixtures/order-schemas.js';
 
 interface Library {
   library: string;
@@ -32,20 +27,17 @@ interface Library {
 const libraries: Library[] = [
   {
     library: 'zod',
-    schema: z.object({ orderId: z.string(), points: z.coerce.number<number | string>().int() }),
+    schema: zodOrder,
     mode: 'transactional',
   },
   {
     library: 'valibot',
-    schema: v.object({
-      orderId: v.string(),
-      points: v.pipe(v.union([v.number(), v.string()]), v.transform(Number), v.number(), v.integer()),
-    }),
+    schema: valibotOrder,
     mode: 'lease',
   },
   {
     library: 'arktype',
-    schema: type({ orderId: 'string', points: 'number.integer | string.integer.parse' }),
+    schema: arktypeOrder,
     mode: 'transactional',
   },
 ];

@@ -1,9 +1,6 @@
-import { type } from 'arktype';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import * as v from 'valibot';
 import { afterAll, describe, expect, expectTypeOf, it } from 'vitest';
-import { z } from 'zod';
 import {
   createOutbox,
   isOutboxError,
@@ -15,26 +12,20 @@ import {
 } from '../../src/index.js';
 import { testLogger } from '../helpers/outbox.js';
 import { thrown } from '../helpers/thrown.js';
+import {
+  arktypeOrder,
+  valibotOrder,
+  zodOrder,
+  type Order,
+  type OrderInput,
+} from '../fixtures/order-schemas.js';
 
 // Checked by `npm run typecheck` (tsc), which covers test/. At run time nothing here reaches a database: the pool
 // never connects, no consumer starts, and every call below that could write fails validation first.
 
-interface OrderInput {
-  orderId: string;
-  points: number | string;
-}
-
-interface Order {
-  orderId: string;
-  points: number;
-}
-
-const zodSchema = z.object({ orderId: z.string(), points: z.coerce.number<number | string>().int() });
-const valibotSchema = v.object({
-  orderId: v.string(),
-  points: v.pipe(v.union([v.number(), v.string()]), v.transform(Number), v.number(), v.integer()),
-});
-const arktypeSchema = type({ orderId: 'string', points: 'number.integer | string.integer.parse' });
+const zodSchema = zodOrder;
+const valibotSchema = valibotOrder;
+const arktypeSchema = arktypeOrder;
 
 describe('typed topic types', () => {
   const pool = new pg.Pool({ max: 1 });
