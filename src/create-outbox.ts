@@ -16,7 +16,13 @@ import { runCleanup, runPurge, type CleanupResult } from './maintenance.js';
 import { readJourney } from './journey.js';
 import { withStatementTimeout } from './db/timed-connection.js';
 import { messageExists } from './sql/journey.js';
-import { assertKnownKeys, resolveOptions, resolveSubscribeOptions, type OutboxOptions } from './options.js';
+import {
+  assertKnownKeys,
+  FORWARD_KEYS,
+  resolveOptions,
+  resolveSubscribeOptions,
+  type OutboxOptions,
+} from './options.js';
 import { publish, publishMany } from './producer/publish.js';
 import { declareSubscription } from './declare-subscription.js';
 import { SideConnection } from './db/side-connection.js';
@@ -38,6 +44,7 @@ import { cancelDeliveries } from './sql/deliveries.js';
 import { insertCancellation } from './sql/messages.js';
 import { insertProcessedKey } from './sql/processed.js';
 import { assertKeyPart } from './idempotency-key.js';
+import { assertTarget, FORWARD_DEFAULTS, type ForwardOptions, type ForwardTarget } from './forward/target.js';
 import { resolveKeyConcurrency, resolveRateLimit } from './flow-options.js';
 import { assertSubscriptionName, topicFilter } from './topics.js';
 import {
@@ -108,6 +115,14 @@ export interface Outbox {
     name: string,
     schema: S,
   ): TypedTopic<InferSchemaInput<S>, InferSchemaOutput<S>>;
+  /**
+   * A subscription whose deliveries go to a broker instead of a handler: each is published to `to` and done only
+   * once the broker confirmed it (RabbitMQ publisher confirm, JetStream PubAck); a failed publish is retried with
+   * backoff and ends in the dead letters like a handler's failure. Lease mode; ordered subscriptions keep per-key
+   * order on the broker side (the next message of a key is sent after the previous one's confirm). The target's
+   * connection closes when the Outbox stops.
+   */
+  forward(name: string, options: ForwardOptions): void;
   /**
    * Starts the relay and the registered consumers in this process. Idempotent; concurrent calls share one start.
    * When it fails (schema not migrated, a subscription conflict, the database down) nothing runs and it can be
@@ -196,6 +211,8 @@ export function createOutbox(options: OutboxOptions): Outbox {
   );
   const lifecycle = createLifecycle({ config, consumers, relay, listener, leaseConnection, events, log });
 
+  /** forward()'s brokers, closed when the Outbox stops. */
+  const targets = new Set<ForwardTarget>();
   const outbox: Outbox = {
     logger: config.logger,
     async migrate() {
@@ -280,8 +297,19 @@ export function createOutbox(options: OutboxOptions): Outbox {
       lifecycle.subscribed(name, consumer);
     },
     topic: (name, topicSchema) => createTypedTopic(outbox, name, topicSchema),
+    forward(name, opts) {
+      assertKnownKeys('forward', opts, [...FORWARD_KEYS, 'to']);
+      const { to, ...subscription } = opts;
+      assertTarget(to);
+      const options = { ...FORWARD_DEFAULTS, ...subscription, mode: 'lease' as const };
+      outbox.subscribe(name, options, (message) => to.send(message));
+      targets.add(to);
+    },
     start: () => lifecycle.start(),
-    stop: () => lifecycle.stop(),
+    async stop() {
+      await lifecycle.stop();
+      await Promise.all([...targets].map((target) => target.close()));
+    },
     once(db, scope, key, fn) {
       assertKeyPart('scope', scope);
       assertKeyPart('key', key);

@@ -19,6 +19,9 @@ export type { AdminHandlerOptions, AdminRequestHandler } from './admin-ui/handle
 export type { AdminAction } from './admin-ui/auth.js';
 export type { DiscardOptions } from './discard-dead-letters.js';
 export type { ResetRelayResult } from './relay/reset.js';
+export { rabbitmq, UnroutableError, type RabbitMqOptions } from './forward/rabbitmq.js';
+export { nats, type NatsOptions } from './forward/nats.js';
+export type { ForwardOptions, ForwardTarget } from './forward/target.js';
 export { createWeakCheck, type WeakCheck, type WeakCheckOptions, type RedisCommands } from './weak-check.js';
 export type {
   TypedTopic,

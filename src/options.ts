@@ -290,24 +290,24 @@ function resolveTracing(value: unknown): ResolvedTracing {
   };
 }
 
+/** The options forward() shares with subscribe: all but the handler's (mode, db, schema). */
+export const FORWARD_KEYS = [
+  'topics',
+  'ordered',
+  'blockKeyOnDead',
+  'maxAttempts',
+  'batchSize',
+  'concurrency',
+  'leaseMs',
+  'pollIntervalMs',
+  'retry',
+  'rateLimit',
+  'keyConcurrency',
+] as const;
+
 export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubscribeOptions {
   const o = objectOrEmpty('subscribe', options);
-  assertKnownKeys('subscribe', o, [
-    'topics',
-    'mode',
-    'ordered',
-    'blockKeyOnDead',
-    'maxAttempts',
-    'batchSize',
-    'concurrency',
-    'leaseMs',
-    'pollIntervalMs',
-    'retry',
-    'schema',
-    'db',
-    'rateLimit',
-    'keyConcurrency',
-  ]);
+  assertKnownKeys('subscribe', o, [...FORWARD_KEYS, 'mode', 'schema', 'db']);
   const mode = o.mode ?? 'lease';
   if (mode !== 'lease' && mode !== 'transactional') {
     throw new OutboxError('OUTBOX_INVALID_OPTION', 'mode must be "lease" or "transactional"', {

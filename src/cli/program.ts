@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { addAdminCommand } from './commands/admin.js';
 import { addDeadLetterCommands } from './commands/dead-letters.js';
+import { addForwardCommand } from './commands/forward.js';
 import { addMessageCommands } from './commands/messages.js';
 import { addPurgeCommand } from './commands/purge.js';
 import { addRelayCommands } from './commands/relay.js';
@@ -17,7 +18,7 @@ import { sessionRunner } from './session.js';
 export function buildProgram(): Command {
   const program = new Command('pg-outbox')
     .description(
-      'Operate a pg-outbox schema: migrations, subscriptions, status, messages, dead letters, replay, relay, admin page',
+      'Operate a pg-outbox schema: migrations, subscriptions, status, messages, dead letters, replay, relay, forward, admin page',
     )
     .option('--database-url <url>', 'PostgreSQL connection string (default: $DATABASE_URL)')
     .option('--schema <name>', 'outbox schema', 'outbox')
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   addDeadLetterCommands(program, run);
   addPurgeCommand(program, run);
   addRelayCommands(program, run);
+  addForwardCommand(program, run);
   addAdminCommand(program, run);
   return program;
 }

@@ -1,6 +1,8 @@
 import { execFile, spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Outbox, OutboxStatus, SubscriptionStatus } from '../../src/index.js';
+import amqp from 'amqplib';
+import { AMQP_URL, brokerMissing } from '../helpers/brokers.js';
 import { setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 const SCHEMA = 'cli_outbox';
@@ -539,6 +541,59 @@ describe('pg-outbox relay', () => {
     }
     expect(stderr).toContain('pg-outbox: SIGTERM: stopping the relay\n');
     expect(stderr).toMatch(/pg-outbox: relay stopped\n$/);
+  });
+});
+
+describe.skipIf(await brokerMissing('RabbitMQ', 'pg-outbox forward'))('pg-outbox forward', () => {
+  it('forwards to RabbitMQ until SIGTERM, then stops with exit code 0; refuses two targets or none', async () => {
+    const schema = 'cli_forward';
+    expect(await cli(['migrate'], { schema })).toMatchObject({ code: 0 });
+    const exchange = `pg-outbox-cli-${Date.now()}`;
+    const broker = await amqp.connect(AMQP_URL);
+    const channel = await broker.createChannel();
+    await channel.assertExchange(exchange, 'topic', { durable: false, autoDelete: true });
+    const { queue } = await channel.assertQueue('', { exclusive: true });
+    await channel.bindQueue(queue, exchange, 'cli.#');
+    const received: string[] = [];
+    await channel.consume(queue, (m) => m && received.push(String(m.properties.messageId)), { noAck: true });
+
+    const args = [
+      'forward',
+      'to-broker',
+      '--topic',
+      'cli.fwd.#',
+      '--rabbitmq',
+      AMQP_URL,
+      '--exchange',
+      exchange,
+    ];
+    const child = spawn(process.execPath, cliArgs(args, schema), { env: cliEnv(t.db.url) });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    try {
+      await waitFor('the forwarder started', () => stderr.includes('forwarding "to-broker"'));
+      const published = await t.outbox({ schema }).publishMany(
+        t.pool,
+        [1, 2, 3].map((i) => ({ topic: `cli.fwd.${i}`, payload: { i } })),
+      );
+      await waitFor('three on the queue', () => received.length === 3);
+      expect(received.sort()).toEqual(published.map((p) => p.id).sort());
+      child.kill('SIGTERM');
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      child.kill('SIGKILL');
+      await broker.close();
+    }
+    expect(stderr).toMatch(/pg-outbox: forwarder stopped\n$/);
+
+    expectFailure(
+      await cli(['forward', 'x', '--topic', 'a.b'], { schema }),
+      8,
+      /exactly one of --rabbitmq <url> or --nats <servers> \[OUTBOX_INVALID_OPTION\]/,
+    );
   });
 });
 

@@ -1,0 +1,68 @@
+import { OutboxError } from '../errors.js';
+import type { OutboxMessage, SubscribeOptions } from '../types.js';
+
+/**
+ * Where forward() sends a subscription's deliveries: a broker. A delivery counts as done only once send() has
+ * resolved, that is once the broker confirmed it (RabbitMQ's publisher confirm, JetStream's PubAck); a rejection
+ * is a failed attempt, retried with backoff like a handler's error, so nothing committed is lost on the way.
+ */
+export interface ForwardTarget {
+  /** Named in logs and errors, e.g. `rabbitmq amqp://127.0.0.1:5672`. */
+  readonly name: string;
+  send(message: OutboxMessage): Promise<void>;
+  /** Closes the broker connection; forward() calls it when the Outbox stops. */
+  close(): Promise<void>;
+}
+
+/** Headers every forwarded message carries beside the message's own (trace context among them). */
+export function forwardedHeaders(message: OutboxMessage): Record<string, string> {
+  return {
+    ...message.headers,
+    'x-outbox-message-id': message.id,
+    'x-outbox-topic': message.topic,
+    ...(message.key === null ? {} : { 'x-outbox-key': message.key }),
+  };
+}
+
+/** The message body a broker receives: the payload as JSON, as it was published. */
+export function forwardedBody(message: OutboxMessage): Buffer {
+  return Buffer.from(JSON.stringify(message.payload));
+}
+
+/** Imports an optional broker library, or says which package to install. */
+export async function importPeer<T>(name: string, usedBy: string): Promise<T> {
+  try {
+    return (await import(name)) as T;
+  } catch (error) {
+    throw new OutboxError(
+      'OUTBOX_MISSING_DEPENDENCY',
+      `${usedBy} needs the optional peer dependency ${name}: npm install ${name}`,
+      { cause: error, value: name },
+    );
+  }
+}
+
+/** forward()'s options: a subscription's (lease mode; no handler, no payload schema) and its target. */
+export interface ForwardOptions extends Omit<SubscribeOptions, 'mode' | 'db' | 'schema'> {
+  /** The broker: rabbitmq({ ... }) or nats({ ... }). */
+  to: ForwardTarget;
+}
+
+/**
+ * Forwarding defaults, where subscribe's suit handlers: many publishes in flight (each handler slot holds one
+ * unconfirmed publish, so the rate is the broker's, not a round trip per message) and a quick first retry.
+ */
+export const FORWARD_DEFAULTS = { batchSize: 500, concurrency: 200, retry: { minDelayMs: 200 } } as const;
+
+export function assertTarget(to: unknown): asserts to is ForwardTarget {
+  const t = to as Partial<ForwardTarget> | null;
+  if (typeof t !== 'object' || t === null || typeof t.send !== 'function' || typeof t.close !== 'function') {
+    throw new OutboxError(
+      'OUTBOX_INVALID_OPTION',
+      'forward() needs { to: rabbitmq({ url }) or nats({ servers }) }',
+      {
+        value: typeof to,
+      },
+    );
+  }
+}
