@@ -2,7 +2,14 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { OutboxError } from '../errors.js';
 import type { OutboxMessage } from '../types.js';
-import { forwardedBody, forwardedHeaders, importPeer, type ForwardTarget } from './target.js';
+import {
+  forwardedBody,
+  forwardedHeaders,
+  forwardId,
+  importPeer,
+  lazyConnection,
+  type ForwardTarget,
+} from './target.js';
 
 export interface NatsOptions {
   /** The NATS servers, e.g. `nats://127.0.0.1:4222` or a list of them. */
@@ -16,6 +23,11 @@ export interface NatsOptions {
   stream?: { name: string; subjects: string[] };
   /** How long to wait for a PubAck before the attempt fails (and is retried). @defaultValue 10_000 */
   ackTimeoutMs?: number;
+  /**
+   * The Nats-Msg-Id JetStream deduplicates by. @defaultValue `<message id>-<publish time in ms>`, unique across
+   * schemas and databases (see forwardId); the plain id is in the header x-outbox-message-id
+   */
+  messageId?: (message: OutboxMessage) => string;
 }
 
 interface Settings {
@@ -23,6 +35,7 @@ interface Settings {
   subject: (message: OutboxMessage) => string;
   stream: { name: string; subjects: string[] } | undefined;
   ackTimeoutMs: number;
+  messageId: (message: OutboxMessage) => string;
 }
 
 interface Connected {
@@ -33,46 +46,34 @@ interface Connected {
 
 /**
  * A NATS JetStream target (@nats-io/transport-node and @nats-io/jetstream, optional peer dependencies loaded on
- * first use). Each message is published with `Nats-Msg-Id` = its message id, so JetStream drops a second copy
+ * first use). Each message is published with `Nats-Msg-Id` = its forward id, so JetStream drops a second copy
  * within the stream's duplicate window (a delivery sent again after a crash between PubAck and ack); a delivery is
  * done only on the PubAck. Publishes are pipelined, one per handler slot of the forwarding subscription.
  */
 export function nats(options: NatsOptions): ForwardTarget {
   const settings = resolve(options);
-  let connection: Promise<Connected> | null = null;
-  const connect = (): Promise<Connected> => {
-    connection ??= open(settings).catch((error: unknown) => {
-      connection = null;
-      throw error;
-    });
-    return connection;
-  };
-
+  // The client reconnects by itself, so the connection is opened once (again only if opening failed).
+  const connection = lazyConnection(() => open(settings));
   return {
     name: `nats ${settings.servers.join(',')}`,
     async send(message) {
-      const { js, headers } = await connect();
+      const { js, headers } = await connection.get();
       const h = headers();
       for (const [name, value] of Object.entries(forwardedHeaders(message))) h.set(name, value);
       await js.publish(settings.subject(message), forwardedBody(message), {
-        msgID: message.id,
+        msgID: settings.messageId(message),
         headers: h,
         timeout: settings.ackTimeoutMs,
       });
     },
     async close() {
-      const pending = connection;
-      connection = null;
-      if (pending === null) return;
-      const connected = await pending.catch(() => null);
+      const connected = await connection.take()?.catch(() => null);
       await connected?.connection.drain().catch(() => undefined);
     },
   };
 }
 
-async function open(
-  s: Required<Omit<NatsOptions, 'stream'>> & Pick<NatsOptions, 'stream'>,
-): Promise<Connected> {
+async function open(s: Settings): Promise<Connected> {
   const transport = await importPeer<typeof import('@nats-io/transport-node')>(
     '@nats-io/transport-node',
     'nats()',
@@ -103,5 +104,6 @@ function resolve(options: NatsOptions): Settings {
     subject: options.subject ?? ((m) => m.topic),
     stream: options.stream,
     ackTimeoutMs: options.ackTimeoutMs ?? 10_000,
+    messageId: options.messageId ?? forwardId,
   };
 }

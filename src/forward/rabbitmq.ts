@@ -1,7 +1,14 @@
 import type { ConfirmChannel, ChannelModel, Message } from 'amqplib';
 import { OutboxError } from '../errors.js';
 import type { OutboxMessage } from '../types.js';
-import { forwardedBody, forwardedHeaders, importPeer, type ForwardTarget } from './target.js';
+import {
+  forwardedBody,
+  forwardedHeaders,
+  forwardId,
+  importPeer,
+  lazyConnection,
+  type ForwardTarget,
+} from './target.js';
 
 export interface RabbitMqOptions {
   /** The broker, e.g. `amqp://guest:guest@127.0.0.1:5672`. */
@@ -17,6 +24,11 @@ export interface RabbitMqOptions {
   assertExchange?: 'topic' | 'direct' | 'fanout' | 'headers' | false;
   /** Persistent messages (delivery mode 2): they survive a broker restart in durable queues. @defaultValue true */
   persistent?: boolean;
+  /**
+   * The AMQP messageId (consumers deduplicate by it). @defaultValue `<message id>-<publish time in ms>`, unique
+   * across schemas and databases (see forwardId); the plain id is in the header x-outbox-message-id
+   */
+  messageId?: (message: OutboxMessage) => string;
 }
 
 interface Connected {
@@ -31,85 +43,57 @@ interface Connected {
  * channel. Every publish is `mandatory`, so a message no queue is bound for comes back (basic.return, which the
  * broker sends before its ack) and counts as a failure instead of vanishing; a delivery is done only on the
  * broker's ack. Publishes are pipelined: each handler slot of the forwarding subscription has one in flight. A
- * lost connection fails the publishes in flight (they are retried) and the next publish connects again.
+ * lost connection or channel fails the publishes in flight (they are retried) and the next one connects again.
  */
 export function rabbitmq(options: RabbitMqOptions): ForwardTarget {
   const settings = resolve(options);
-  let connection: Promise<Connected> | null = null;
-
-  const connect = (): Promise<Connected> => {
-    connection ??= open(settings).catch((error: unknown) => {
-      connection = null;
-      throw error;
-    });
-    return connection;
-  };
-  const forget = (which: Promise<Connected>) => {
-    if (connection === which) connection = null;
-  };
-
+  const connection = lazyConnection((drop) => open(settings, drop));
   return {
     name: `rabbitmq ${redact(settings.url)}`,
     async send(message) {
-      const pending = connect();
-      const connected = await pending;
-      try {
-        await publish(connected, settings, message);
-      } catch (error) {
-        if (isClosed(error)) forget(pending);
-        throw error;
-      }
+      await publish(await connection.get(), settings, message);
     },
     async close() {
-      const pending = connection;
-      connection = null;
-      if (pending === null) return;
-      const { model } = await pending.catch(() => ({ model: null }));
-      await model?.close().catch(() => undefined);
+      const connected = await connection.take()?.catch(() => null);
+      await connected?.model.close().catch(() => undefined);
     },
   };
+}
 
-  async function open(s: Required<RabbitMqOptions>): Promise<Connected> {
-    const amqp = await importPeer<typeof import('amqplib')>('amqplib', 'rabbitmq()');
-    const model = await amqp.connect(s.url);
-    const channel = await model.createConfirmChannel();
-    const connected: Connected = { model, channel, returned: new Map() };
-    // Read after the awaits above: by now `connection` is the promise this call is settling.
-    const self = connection;
-    const drop = () => {
-      if (self !== null) forget(self);
-    };
-    model.on('close', drop);
-    model.on('error', drop);
-    // The broker closes a channel on a channel error (a missing exchange: 404): drop the connection with it, so the
-    // next send opens both again instead of publishing on a dead channel.
-    channel.on('close', () => {
-      drop();
-      model.close().catch(() => undefined);
-    });
-    channel.on('error', drop);
-    channel.on('return', (returned: Message) => {
-      const id = String(returned.properties.messageId);
-      const { exchange, routingKey } = returned.fields;
-      connected.returned.set(
-        id,
-        `no queue is bound to exchange "${exchange}" for routing key "${routingKey}"`,
-      );
-    });
-    if (s.assertExchange !== false && typeof s.exchange === 'string') {
-      await channel.assertExchange(s.exchange, s.assertExchange, { durable: true });
-    }
-    return connected;
+/** Connects, opens the confirm channel and declares the exchange; `drop` forgets them when either closes. */
+async function open(s: Required<RabbitMqOptions>, drop: () => void): Promise<Connected> {
+  const amqp = await importPeer<typeof import('amqplib')>('amqplib', 'rabbitmq()');
+  const model = await amqp.connect(s.url);
+  model.on('close', drop);
+  model.on('error', drop);
+  const channel = await model.createConfirmChannel();
+  const connected: Connected = { model, channel, returned: new Map() };
+  // The broker closes a channel on a channel error (a missing exchange: 404): drop the connection with it, so the
+  // next send opens both again instead of publishing on a dead channel.
+  channel.on('close', () => {
+    drop();
+    model.close().catch(() => undefined);
+  });
+  channel.on('error', drop);
+  channel.on('return', (returned: Message) => {
+    const id = String(returned.properties.messageId);
+    const { exchange, routingKey } = returned.fields;
+    connected.returned.set(id, `no queue is bound to exchange "${exchange}" for routing key "${routingKey}"`);
+  });
+  if (s.assertExchange !== false && typeof s.exchange === 'string') {
+    await channel.assertExchange(s.exchange, s.assertExchange, { durable: true });
   }
+  return connected;
 }
 
 function publish(connected: Connected, s: Required<RabbitMqOptions>, message: OutboxMessage): Promise<void> {
   const exchange = typeof s.exchange === 'function' ? s.exchange(message) : s.exchange;
   const routingKey = s.routingKey(message);
+  const id = s.messageId(message);
   return new Promise((resolvePublish, reject) => {
     const confirmed = (error: unknown) => {
-      const unroutable = connected.returned.get(message.id);
-      connected.returned.delete(message.id);
+      const unroutable = connected.returned.get(id);
+      connected.returned.delete(id);
       if (error !== null && error !== undefined)
         return reject(asError(error, 'the broker refused the message'));
       if (unroutable !== undefined) return reject(new UnroutableError(unroutable));
@@ -121,7 +105,7 @@ function publish(connected: Connected, s: Required<RabbitMqOptions>, message: Ou
         routingKey,
         forwardedBody(message),
         {
-          messageId: message.id,
+          messageId: id,
           type: message.topic,
           contentType: 'application/json',
           timestamp: Math.floor(message.createdAt.getTime() / 1000),
@@ -159,11 +143,8 @@ function resolve(options: RabbitMqOptions): Required<RabbitMqOptions> {
     routingKey: options.routingKey ?? ((m) => m.topic),
     assertExchange: options.assertExchange ?? 'topic',
     persistent: options.persistent ?? true,
+    messageId: options.messageId ?? forwardId,
   };
-}
-
-function isClosed(error: unknown): boolean {
-  return error instanceof Error && /closed|ECONNRESET|EPIPE/i.test(error.message);
 }
 
 function asError(error: unknown, fallback: string): Error {

@@ -14,6 +14,17 @@ export interface ForwardTarget {
   close(): Promise<void>;
 }
 
+/**
+ * The id a broker deduplicates by (JetStream's Nats-Msg-Id, AMQP's messageId): the message id with its publish
+ * time. The id alone restarts at 1 in every schema and database, so two outboxes forwarding to one stream, or a
+ * schema created again, would reuse ids, and JetStream would drop a new message as the duplicate of an old one
+ * (its PubAck says `duplicate`, which must count as done for a real second copy). The same message always has the
+ * same forward id, so a copy sent again after a crash is still recognised.
+ */
+export function forwardId(message: OutboxMessage): string {
+  return `${message.id}-${message.createdAt.getTime()}`;
+}
+
 /** Headers every forwarded message carries beside the message's own (trace context among them). */
 export function forwardedHeaders(message: OutboxMessage): Record<string, string> {
   return {
@@ -27,6 +38,34 @@ export function forwardedHeaders(message: OutboxMessage): Record<string, string>
 /** The message body a broker receives: the payload as JSON, as it was published. */
 export function forwardedBody(message: OutboxMessage): Buffer {
   return Buffer.from(JSON.stringify(message.payload));
+}
+
+/**
+ * A broker connection opened on first use and shared by every send; opened again on the next send once `drop`
+ * (handed to `open`, for the connection's close events) was called or the opening failed.
+ */
+export function lazyConnection<T>(open: (drop: () => void) => Promise<T>) {
+  let current: Promise<T> | null = null;
+  return {
+    get(): Promise<T> {
+      if (current !== null) return current;
+      const drop = () => {
+        if (current === mine) current = null;
+      };
+      const mine: Promise<T> = open(drop).catch((error: unknown) => {
+        drop();
+        throw error;
+      });
+      current = mine;
+      return mine;
+    },
+    /** Forgets the connection and hands it over to be closed (null when none was opened). */
+    take(): Promise<T> | null {
+      const taken = current;
+      current = null;
+      return taken;
+    },
+  };
 }
 
 /** Imports an optional broker library, or says which package to install. */

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isOutboxError, type Queryable } from '../../src/index.js';
-import { count, setupOutboxTest, waitFor, type OutboxTestContext } from './outbox.js';
+import { count, doneCount, setupOutboxTest, waitFor, type OutboxTestContext } from './outbox.js';
 import { thrown } from './thrown.js';
 
 /**
@@ -46,12 +46,7 @@ export function describeDataLibrary<Db extends Queryable, Tx extends Queryable>(
       count(t.pool, 'SELECT count(*) AS n FROM orders WHERE note = $1', [note]);
     const messages = (topic: string) =>
       count(t.pool, 'SELECT count(*) AS n FROM outbox.messages WHERE topic = $1', [topic]);
-    const done = (subscription: string) =>
-      count(
-        t.pool,
-        `SELECT count(*) AS n FROM outbox.audit_deliveries WHERE subscription = $1 AND status = 'done'`,
-        [subscription],
-      );
+    const done = (subscription: string) => doneCount(t.pool, subscription);
 
     beforeAll(async () => {
       t = await setupOutboxTest();

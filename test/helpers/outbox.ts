@@ -63,6 +63,15 @@ export async function waitFor<T>(
   }
 }
 
+/** Deliveries of a subscription the audit view shows done (each ack is written by then). */
+export function doneCount(pool: pg.Pool, subscription: string, schema = 'outbox'): Promise<number> {
+  return count(
+    pool,
+    `SELECT count(*) AS n FROM ${schema}.audit_deliveries WHERE subscription = $1 AND status = 'done'`,
+    [subscription],
+  );
+}
+
 export async function count(pool: pg.Pool, sql: string, params: unknown[] = []): Promise<number> {
   const { rows } = await pool.query<{ n: string }>(sql, params);
   return Number(rows[0]?.n ?? 0);

@@ -551,11 +551,17 @@ describe.skipIf(await brokerMissing('RabbitMQ', 'pg-outbox forward'))('pg-outbox
     const exchange = `pg-outbox-cli-${Date.now()}`;
     const broker = await amqp.connect(AMQP_URL);
     const channel = await broker.createChannel();
-    await channel.assertExchange(exchange, 'topic', { durable: false, autoDelete: true });
+    // As the forwarder declares it (durable): a declaration with other settings would close its channel.
+    await channel.assertExchange(exchange, 'topic', { durable: true });
     const { queue } = await channel.assertQueue('', { exclusive: true });
     await channel.bindQueue(queue, exchange, 'cli.#');
     const received: string[] = [];
-    await channel.consume(queue, (m) => m && received.push(String(m.properties.messageId)), { noAck: true });
+    await channel.consume(
+      queue,
+      (m) =>
+        m && received.push(String((m.properties.headers as Record<string, unknown>)['x-outbox-message-id'])),
+      { noAck: true },
+    );
 
     const args = [
       'forward',
@@ -579,12 +585,15 @@ describe.skipIf(await brokerMissing('RabbitMQ', 'pg-outbox forward'))('pg-outbox
         t.pool,
         [1, 2, 3].map((i) => ({ topic: `cli.fwd.${i}`, payload: { i } })),
       );
-      await waitFor('three on the queue', () => received.length === 3);
+      await waitFor('three on the queue', () => received.length === 3).catch((error: unknown) => {
+        throw new Error(`forwarder stderr: ${stderr}`, { cause: error });
+      });
       expect(received.sort()).toEqual(published.map((p) => p.id).sort());
       child.kill('SIGTERM');
       expect(await exited).toEqual({ code: 0, signal: null });
     } finally {
       child.kill('SIGKILL');
+      await channel.deleteExchange(exchange);
       await broker.close();
     }
     expect(stderr).toMatch(/pg-outbox: forwarder stopped\n$/);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isOutboxError, type Outbox } from '../../src/index.js';
-import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+import { count, doneCount, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 import { thrown } from '../helpers/thrown.js';
 
 describe('flow control', () => {
@@ -10,12 +10,7 @@ describe('flow control', () => {
   });
   afterAll(async () => t.close());
 
-  const done = (name: string) =>
-    count(
-      t.pool,
-      `SELECT count(*) AS n FROM outbox.audit_deliveries WHERE subscription = $1 AND status = 'done'`,
-      [name],
-    );
+  const done = (subscription: string) => doneCount(t.pool, subscription);
 
   /** Three Outboxes on their own connections, each with a consumer of the subscription: competing consumers. */
   function competing(n = 3): Outbox[] {

@@ -4,7 +4,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nats } from '../../src/index.js';
 import { brokerMissing, NATS_URL } from '../helpers/brokers.js';
-import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+import { doneCount, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 describe.skipIf(await brokerMissing('NATS', 'forwarding to NATS JetStream'))(
   'forward to NATS JetStream',
@@ -27,12 +27,7 @@ describe.skipIf(await brokerMissing('NATS', 'forwarding to NATS JetStream'))(
       await t.close();
     });
 
-    const done = (name: string) =>
-      count(
-        t.pool,
-        `SELECT count(*) AS n FROM outbox.audit_deliveries WHERE subscription = $1 AND status = 'done'`,
-        [name],
-      );
+    const done = (subscription: string) => doneCount(t.pool, subscription);
     const messagesInStream = async () => (await manager.streams.info(stream)).state.messages;
 
     it('publishes each message once with Nats-Msg-Id = its id, done on the PubAck, and JetStream drops a second copy', async () => {
@@ -55,7 +50,9 @@ describe.skipIf(await brokerMissing('NATS', 'forwarding to NATS JetStream'))(
       const first = await manager.streams.getMessage(stream, { seq: 1 });
       expect(first).not.toBeNull();
       const ids = new Set(published.map((p) => p.id));
-      expect(ids.has(first!.header.get('Nats-Msg-Id'))).toBe(true);
+      const plainId = first!.header.get('x-outbox-message-id');
+      expect(ids.has(plainId)).toBe(true);
+      expect(first!.header.get('Nats-Msg-Id')).toMatch(new RegExp(`^${plainId}-\\d+$`));
       expect(first!.header.get('x-outbox-topic')).toBe(first!.subject);
       expect(first!.header.get('tenant')).toBe('acme');
       expect(typeof first!.json<{ i: number }>().i).toBe('number');
@@ -67,6 +64,28 @@ describe.skipIf(await brokerMissing('NATS', 'forwarding to NATS JetStream'))(
       await waitFor('the replayed 300 done', async () => (await done('to-nats')) === 600);
       expect(await messagesInStream()).toBe(300);
       await outbox.stop();
+    });
+
+    it('keeps the messages of two schemas apart in one stream although their ids are the same', async () => {
+      const subjects = [`${prefix}b.>`];
+      const streamB = `${stream}_B`;
+      const received: number[] = [];
+      for (const schema of ['outbox_fwd_a', 'outbox_fwd_b']) {
+        const outbox = t.outbox({ schema });
+        await outbox.migrate();
+        outbox.forward('to-nats', {
+          topics: [`${prefix}b.#`],
+          to: nats({ servers: NATS_URL, stream: { name: streamB, subjects } }),
+        });
+        await outbox.start();
+        const [first] = await outbox.publishMany(t.pool, [{ topic: `${prefix}b.x`, payload: { schema } }]);
+        expect(first!.id).toBe('1'); // each schema's first message
+        await waitFor(`${schema} forwarded`, async () => (await doneCount(t.pool, 'to-nats', schema)) === 1);
+        received.push((await manager.streams.info(streamB)).state.messages);
+        await outbox.stop();
+      }
+      expect(received).toEqual([1, 2]);
+      await manager.streams.delete(streamB);
     });
 
     it('fails a publish no stream captures, and dead-letters it at maxAttempts', async () => {

@@ -3,7 +3,7 @@ import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqp
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rabbitmq } from '../../src/index.js';
 import { AMQP_URL, brokerMissing } from '../helpers/brokers.js';
-import { count, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
+import { doneCount, setupOutboxTest, waitFor, type OutboxTestContext } from '../helpers/outbox.js';
 
 describe.skipIf(await brokerMissing('RabbitMQ', 'forwarding to RabbitMQ'))('forward to RabbitMQ', () => {
   let t: OutboxTestContext;
@@ -27,13 +27,13 @@ describe.skipIf(await brokerMissing('RabbitMQ', 'forwarding to RabbitMQ'))('forw
     await t.close();
   });
 
-  const done = (name: string) =>
-    count(
-      t.pool,
-      `SELECT count(*) AS n FROM outbox.audit_deliveries WHERE subscription = $1 AND status = 'done'`,
-      [name],
-    );
+  const done = (subscription: string) => doneCount(t.pool, subscription);
   const target = () => rabbitmq({ url: AMQP_URL, exchange, assertExchange: false });
+  /** A message's publish time in ms: with its id, the messageId it is forwarded under. */
+  const createdAt = async (id: string) =>
+    (
+      await t.pool.query<{ at: Date }>('SELECT created_at AS at FROM outbox.messages WHERE id = $1', [id])
+    ).rows[0]!.at.getTime();
 
   it('publishes every message once with its id, topic, key, headers and payload, and counts it done on the confirm', async () => {
     const outbox = t.outbox();
@@ -50,10 +50,13 @@ describe.skipIf(await brokerMissing('RabbitMQ', 'forwarding to RabbitMQ'))('forw
     );
     await waitFor('all 300 confirmed and done', async () => (await done('to-rabbit')) === 300);
     await waitFor('all 300 received', () => received.length >= 300);
-    const ids = received.map((m) => String(m.properties.messageId));
+    const ids = received.map((m) =>
+      String((m.properties.headers as Record<string, unknown>)['x-outbox-message-id']),
+    );
     expect(new Set(ids).size).toBe(300);
     expect([...ids].sort()).toEqual(published.map((p) => p.id).sort());
-    const first = received.find((m) => m.properties.messageId === published[0]!.id)!;
+    const forwardId = `${published[0]!.id}-${await createdAt(published[0]!.id)}`;
+    const first = received.find((m) => m.properties.messageId === forwardId)!;
     expect(JSON.parse(first.content.toString())).toEqual({ i: 0 });
     expect(first.fields.routingKey).toBe('fwd.plain.0');
     expect(first.properties).toMatchObject({
@@ -131,7 +134,10 @@ describe.skipIf(await brokerMissing('RabbitMQ', 'forwarding to RabbitMQ'))('forw
     const { queue } = await channel.assertQueue('', { exclusive: true });
     await channel.bindQueue(queue, late, '#');
     await waitFor('done after the exchange appeared', async () => (await done('to-rabbit-late')) === 1);
-    expect(((await channel.get(queue, { noAck: true })) || null)?.properties.messageId).toBe(id);
+    const got = (await channel.get(queue, { noAck: true })) || null;
+    expect((got?.properties.headers as Record<string, unknown> | undefined)?.['x-outbox-message-id']).toBe(
+      id,
+    );
     await outbox.stop();
   });
 });

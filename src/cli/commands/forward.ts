@@ -9,6 +9,7 @@ interface ForwardOptions {
   topic: string[];
   rabbitmq?: string;
   exchange?: string;
+  assertExchange: boolean;
   nats?: string;
   stream?: string;
   concurrency?: number;
@@ -27,6 +28,7 @@ export function addForwardCommand(program: Command, run: Run): void {
     .requiredOption('--topic <topic>', 'topic name or pattern; repeatable', collect)
     .option('--rabbitmq <url>', 'RabbitMQ to publish to (amqp://user:password@host:5672)')
     .option('--exchange <name>', 'with --rabbitmq: the topic exchange (declared if missing)', 'pg-outbox')
+    .option('--no-assert-exchange', 'with --rabbitmq: use the exchange as it exists, do not declare it')
     .option('--nats <servers>', 'NATS JetStream to publish to (nats://host:4222, comma-separated)')
     .option('--stream <name>', 'with --nats: create this stream for the topics if it does not exist')
     .option('--concurrency <count>', 'publishes in flight at once (default 200)', positiveInteger)
@@ -44,7 +46,10 @@ function targetOf(opts: ForwardOptions): ForwardTarget {
       'forward needs exactly one of --rabbitmq <url> or --nats <servers>',
     );
   }
-  if (opts.rabbitmq !== undefined) return rabbitmq({ url: opts.rabbitmq, exchange: opts.exchange });
+  if (opts.rabbitmq !== undefined) {
+    const assertExchange = opts.assertExchange ? 'topic' : false;
+    return rabbitmq({ url: opts.rabbitmq, exchange: opts.exchange, assertExchange });
+  }
   const servers = (opts.nats ?? '').split(',');
   const stream =
     opts.stream === undefined ? undefined : { name: opts.stream, subjects: opts.topic.map(toSubject) };
