@@ -31,6 +31,7 @@ import { retentionScenario } from './scenarios/retention.js';
 import { statusScaleScenario } from './scenarios/status-scale.js';
 import { observabilityCostScenario } from './scenarios/observability-cost.js';
 import { flowControlScenario } from './scenarios/flow-control.js';
+import { forwardScenario } from './scenarios/forward.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -45,6 +46,7 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   'status-scale': statusScaleScenario,
   'observability-cost': observabilityCostScenario,
   'flow-control': flowControlScenario,
+  forward: forwardScenario,
 };
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');

@@ -13,6 +13,7 @@ export const SCENARIOS = [
   'status-scale',
   'observability-cost',
   'flow-control',
+  'forward',
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
