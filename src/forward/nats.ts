@@ -30,6 +30,8 @@ export interface NatsOptions {
   messageId?: (message: OutboxMessage) => string;
 }
 
+const PING_INTERVAL_MS = 10_000;
+
 interface Settings {
   servers: string[];
   subject: (message: OutboxMessage) => string;
@@ -80,7 +82,14 @@ async function open(s: Settings): Promise<Connected> {
   );
   const jetstream = await importPeer<typeof import('@nats-io/jetstream')>('@nats-io/jetstream', 'nats()');
   // The client reconnects by itself; publishes during an outage fail (and are retried) until it is back.
-  const connection = await transport.connect({ servers: s.servers, maxReconnectAttempts: -1 });
+  // Pings every PING_INTERVAL_MS notice a connection that went silent (a NAT that forgot it) within about three
+  // intervals; the client's default of two minutes would leave publishes failing on it for several minutes.
+  const connection = await transport.connect({
+    servers: s.servers,
+    maxReconnectAttempts: -1,
+    pingInterval: PING_INTERVAL_MS,
+    maxPingOut: 2,
+  });
   if (s.stream !== undefined) {
     const manager = await jetstream.jetstreamManager(connection);
     const exists = await manager.streams.info(s.stream.name).then(
