@@ -3,7 +3,7 @@ import { withTransaction, type Executor } from './db/executor.js';
 import { lockDeliveryIds } from './sql/locks.js';
 import type { SchemaName } from './db/identifiers.js';
 import { OutboxError } from './errors.js';
-import { assertKnownKeys } from './options.js';
+import { assertKnownKeys } from './option-checks.js';
 import { notifySubscription, requeueDeadLetters, selectDeadLetters } from './sql/dead-letters.js';
 import { disableJit } from './sql/session.js';
 import { selectRelayBacklog, selectSubscriptionStatus } from './sql/status.js';

@@ -16,13 +16,9 @@ import { runCleanup, runPurge, type CleanupResult } from './maintenance.js';
 import { readJourney } from './journey.js';
 import { withStatementTimeout } from './db/timed-connection.js';
 import { messageExists } from './sql/journey.js';
-import {
-  assertKnownKeys,
-  FORWARD_KEYS,
-  resolveOptions,
-  resolveSubscribeOptions,
-  type OutboxOptions,
-} from './options.js';
+import { assertKnownKeys } from './option-checks.js';
+import { resolveOptions, type OutboxOptions } from './options.js';
+import { FORWARD_KEYS, resolveSubscribeOptions } from './subscribe-options.js';
 import { publish, publishMany } from './producer/publish.js';
 import { declareSubscription } from './declare-subscription.js';
 import { SideConnection } from './db/side-connection.js';

@@ -3,7 +3,7 @@ import { isId } from './admin.js';
 import { withTransaction } from './db/executor.js';
 import type { SchemaName } from './db/identifiers.js';
 import { OutboxError } from './errors.js';
-import { assertKnownKeys } from './options.js';
+import { assertKnownKeys } from './option-checks.js';
 import { discardDeadDeliveries } from './sql/dead-deliveries.js';
 import { selectSubscriptionId } from './sql/subscriptions.js';
 import { assertSubscriptionName } from './topics.js';

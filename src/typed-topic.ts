@@ -2,7 +2,7 @@ import { issuesText } from './consumer/payload-schema.js';
 import type { Outbox } from './create-outbox.js';
 import type { Queryable, TransactionOf } from './db/executor.js';
 import { OutboxError } from './errors.js';
-import { isStandardSchema } from './options.js';
+import { isStandardSchema } from './subscribe-options.js';
 import { assertTopic } from './topics.js';
 import type {
   Handler,

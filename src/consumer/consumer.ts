@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { pgExecutor, type Executor } from '../db/executor.js';
 import type { SchemaName } from '../db/identifiers.js';
 import type { OutboxEmitter } from '../events.js';
-import type { ResolvedSubscribeOptions } from '../options.js';
+import type { ResolvedSubscribeOptions } from '../subscribe-options.js';
 import { errorBackoffMs, Wakeup } from '../runtime/wakeup.js';
 import { selectNextDueMs, type ClaimedRow } from '../sql/claim.js';
 import { FlowControl } from './flow-control.js';

@@ -2,7 +2,8 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OutboxError, type OutboxOptions, type SubscribeOptions } from '../../src/index.js';
-import { resolveOptions, resolveSubscribeOptions } from '../../src/options.js';
+import { resolveOptions } from '../../src/options.js';
+import { resolveSubscribeOptions } from '../../src/subscribe-options.js';
 import { thrown } from '../helpers/thrown.js';
 
 // Never connected: resolving options must not touch the database.
