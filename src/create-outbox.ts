@@ -298,7 +298,7 @@ export function createOutbox(options: OutboxOptions): Outbox {
       const { to, ...subscription } = opts;
       assertTarget(to);
       const options = { ...FORWARD_DEFAULTS, ...subscription, mode: 'lease' as const };
-      outbox.subscribe(name, options, (message) => to.send(message));
+      outbox.subscribe(name, options, (message) => to.send(telemetry.forwarding(message, to.name)));
       targets.add(to);
     },
     start: () => lifecycle.start(),

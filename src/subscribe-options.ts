@@ -75,7 +75,7 @@ export function resolveSubscribeOptions(options: SubscribeOptions): ResolvedSubs
     keyConcurrency: resolveKeyConcurrency(o.keyConcurrency),
     blockKeyOnDead,
     maxAttempts: integer('maxAttempts', o.maxAttempts, 10, 1, 1000),
-    batchSize: integer('batchSize', o.batchSize, 100, 1, 10_000),
+    batchSize: integer('batchSize', o.batchSize, 1000, 1, 10_000),
     concurrency: integer('concurrency', o.concurrency, 10, 1, 1000),
     leaseMs: integer('leaseMs', o.leaseMs, 30_000, 100, DAY_MS),
     pollIntervalMs: integer('pollIntervalMs', o.pollIntervalMs, 1000, 5, 600_000),

@@ -108,7 +108,11 @@ export interface SubscribeOptions<Payload = unknown> extends FlowOptions {
   blockKeyOnDead?: boolean;
   /** Hand-outs before a delivery is dead-lettered. @defaultValue 10 */
   maxAttempts?: number;
-  /** Deliveries claimed per statement, and the most this consumer holds at once. @defaultValue 100 */
+  /**
+   * The most deliveries this consumer holds at once (claimed: queued or running), and so the largest claim. Claims
+   * are sized by how fast the handlers have been finishing (about 200 ms of work queued ahead, at least one
+   * per slot), so quick handlers get large claims and slow ones do not hoard. @defaultValue 1000
+   */
   batchSize?: number;
   /** Handlers running at once (transactional mode: transactions at once). @defaultValue 10 */
   concurrency?: number;

@@ -70,7 +70,8 @@ export async function rabbitSink(): Promise<BrokerSink> {
  * and JetStream would drop a repeated Nats-Msg-Id as a duplicate).
  */
 export async function natsSink(): Promise<BrokerSink> {
-  const connection: NatsConnection = await connect({ servers: NATS_URL });
+  // As nats() connects: without request stack traces, which cost a quarter of a publisher's CPU.
+  const connection: NatsConnection = await connect({ servers: NATS_URL, noAsyncTraces: true });
   const manager: JetStreamManager = await jetstreamManager(connection);
   const remove = () => manager.streams.delete(STREAM).catch(() => false);
   const stream = { name: STREAM, subjects: [FORWARD_TOPIC] };

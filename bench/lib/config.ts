@@ -16,6 +16,8 @@ export interface BenchConfig {
   publishSeconds: number;
   /** Drain: messages waiting before the consumers start. */
   drainN: number;
+  /** Drain: the larger backlog, ours at its defaults against the peers (0: skipped). */
+  drainBigN: number;
   /** Fan-out: messages published to the topic that 10 subscriptions follow. */
   fanoutN: number;
   fanoutSubscriptions: number;
@@ -43,6 +45,7 @@ export function readConfig(): BenchConfig {
     reps: Math.max(1, envInt('BENCH_REPS', 3)),
     publishSeconds: Math.max(1, envInt('BENCH_PUBLISH_SECONDS', 2)),
     drainN: envInt('BENCH_DRAIN_N', 50_000),
+    drainBigN: envInt('BENCH_DRAIN_BIG_N', 250_000),
     fanoutN: envInt('BENCH_FANOUT_N', 2_000),
     fanoutSubscriptions: Math.max(1, envInt('BENCH_FANOUT_SUBSCRIPTIONS', 10)),
     latencyRate: Math.max(1, envInt('BENCH_LATENCY_RATE', 200)),

@@ -1,5 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
+import type { SqlClient } from './system.js';
 
 /**
  * A pool with an 'error' listener: pg-pool emits an idle client's connection error on the pool, and without a
@@ -30,6 +31,23 @@ export async function waitFor(
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await delay(intervalMs);
   }
+}
+
+/**
+ * A client that takes overlapping queries and runs each after the previous one has settled, in call order:
+ * pg-boss's publish() sends to every subscribed queue at once, and pg 8 deprecates concurrent queries on a client.
+ */
+export function inCallOrder(client: SqlClient): SqlClient {
+  if (client.pipelines === true) return client;
+  let last: Promise<unknown> = Promise.resolve();
+  return {
+    pipelines: true,
+    query: (text, values) => {
+      const next = last.then(() => client.query(text, values));
+      last = next.catch(() => undefined);
+      return next;
+    },
+  };
 }
 
 export async function dropSchemas(pool: pg.Pool, ...schemas: string[]): Promise<void> {

@@ -7,13 +7,14 @@ import { timedDrain } from './timed-drain.js';
 /**
  * Scenario 2's measurement: for each repetition and each system in turn (the order rotated per repetition), a fresh schema, `n` waiting messages
  * published in batches of 1,000, and the drain timed until every one is acked. Returns each system's msg/s per
- * repetition, and closes the systems.
+ * repetition, and closes the systems (unless `close: false`: the caller runs them again).
  */
 export async function drainRuns(
   ctx: BenchContext,
   scenario: string,
   systems: QueueSystem[],
   n: number,
+  options: { close?: boolean } = {},
 ): Promise<Map<QueueSystem, number[]>> {
   const runs = new Map<QueueSystem, number[]>(systems.map((s) => [s, []]));
   const messages = plainMessages(n);
@@ -31,7 +32,7 @@ export async function drainRuns(
       }
     }
   } finally {
-    for (const system of systems) await system.close();
+    if (options.close ?? true) for (const system of systems) await system.close();
   }
   return runs;
 }

@@ -22,9 +22,13 @@ export interface Environment {
   memoryGiB: number;
   os: string;
   node: string;
+  /** The Node of the peers in child processes: its version, null when none was found, absent when not needed. */
+  childNode?: string | null;
   postgres: string;
   settings: Record<string, string>;
   packages: Record<string, string>;
+  /** Packages of the peers that run in child processes (installed under npm aliases), by their real names. */
+  childPackages: Record<string, string>;
 }
 
 async function packageVersion(name: string): Promise<string> {
@@ -41,7 +45,7 @@ async function packageVersion(name: string): Promise<string> {
   }
 }
 
-export async function readEnvironment(pool: pg.Pool): Promise<Environment> {
+export async function readEnvironment(pool: pg.Pool, childNode?: string | null): Promise<Environment> {
   const cpus = os.cpus();
   const settings: Record<string, string> = {};
   for (const name of SETTINGS) {
@@ -58,6 +62,7 @@ export async function readEnvironment(pool: pg.Pool): Promise<Environment> {
     memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
+    ...(childNode === undefined ? {} : { childNode }),
     postgres: rows[0]?.server_version ?? '?',
     settings,
     packages: {
@@ -66,19 +71,33 @@ export async function readEnvironment(pool: pg.Pool): Promise<Environment> {
       'graphile-worker': await packageVersion('graphile-worker'),
       pg: await packageVersion('pg'),
     },
+    childPackages: {
+      'pg-boss': await packageVersion('pg-boss-12'),
+      'graphile-worker': await packageVersion('graphile-worker-0.18'),
+    },
   };
+}
+
+const list = (packages: Record<string, string>) =>
+  Object.entries(packages)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+
+function childNodeNote(env: Environment): string {
+  if (env.childNode === undefined) return '';
+  return env.childNode === null
+    ? ' (no Node 24 found: the peers marked Node 24 were skipped)'
+    : ` (the peers marked Node 24: child processes on ${env.childNode})`;
 }
 
 export function renderEnvironment(env: Environment): string {
   return [
     `- Machine: ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB RAM, ${env.os}`,
-    `- Node ${env.node}; PostgreSQL ${env.postgres}`,
+    `- Node ${env.node}${childNodeNote(env)}; PostgreSQL ${env.postgres}`,
     `- Postgres settings: ${Object.entries(env.settings)
       .map(([k, v]) => `${k}=${v}`)
       .join(', ')}`,
-    `- Packages: ${Object.entries(env.packages)
-      .map(([k, v]) => `${k} ${v}`)
-      .join(', ')}`,
+    `- Packages: ${list(env.packages)}; on Node 24: ${list(env.childPackages)}`,
   ].join('\n');
 }
 

@@ -51,7 +51,7 @@ async function prepareBacklog(ctx: BenchContext, n: number): Promise<void> {
   await ctx.pool.query(`VACUUM ANALYZE ${FORWARD_SCHEMA}.deliveries`);
 }
 
-/** forward()'s settings for a run; null leaves its defaults (batchSize 500, concurrency 200). */
+/** forward()'s settings for a run; null leaves its defaults (batchSize 1000, concurrency 200). */
 export type ForwardSettings = { concurrency: number; batchSize: number } | null;
 
 export interface ForwardRun {

@@ -10,7 +10,7 @@ import { int, ms, range, ratio, type Table } from './table.js';
 
 /** forward()'s default concurrency: 200 unconfirmed publishes in flight. */
 export const DEFAULT_IN_FLIGHT = 200;
-export const DEFAULT_BATCH_SIZE = 500;
+export const DEFAULT_BATCH_SIZE = 1000;
 export const NO_BROKER: BrokerName = 'no broker';
 /** The forwarder at its defaults is meant to reach the broker's rate; read as at least this share of it. */
 const TARGET_SHARE = 0.8;

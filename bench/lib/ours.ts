@@ -18,7 +18,7 @@ export interface OursOptions {
   mode?: SubscriptionMode;
   /**
    * 'default': the product's defaults (relay polls every 20 ms, consumers woken by the relay's NOTIFY,
-   * batchSize 100, concurrency 10): the path a user gets without tuning. 'throughput': the drain settings of the
+   * batchSize 1000, concurrency 10): the path a user gets without tuning. 'throughput': the drain settings of the
    * old bench/drain.ts (relay batches of 5,000; consumers claim 1,000 at a time; lease mode runs 200 handlers,
    * transactional mode 4 transactions of up to 100 deliveries).
    */
@@ -31,6 +31,10 @@ export interface OursOptions {
   create?: typeof createOutbox;
   /** More createOutbox options (tracing). */
   extra?: Partial<OutboxOptions>;
+  /** Subscribe options over the profile's (a sweep of batch sizes and concurrency). */
+  subscribe?: { batchSize?: number; concurrency?: number };
+  /** Relay options over the profile's. */
+  relay?: { batchSize?: number; pollIntervalMs?: number };
   /** Runs on each new Outbox that consumes, before it starts (metrics). */
   setUp?: (outbox: Outbox) => Promise<void>;
 }
@@ -45,6 +49,7 @@ export function oursSystem(options: OursOptions): QueueSystem {
     subscriptions = 1,
     create = createOutbox,
     setUp,
+    subscribe: subscribeOverrides = {},
   } = options;
   const throughput = profile === 'throughput';
   const concurrency = throughput ? (mode === 'lease' ? 200 : 4) : 10;
@@ -56,7 +61,8 @@ export function oursSystem(options: OursOptions): QueueSystem {
   const names = Array.from({ length: subscriptions }, (_, i) => `sub_${i}`);
   let outbox: Outbox | null = null;
 
-  const make = () => create({ pool, schema, relay: throughput ? { batchSize: 5000 } : {}, ...options.extra });
+  const relay = { ...(throughput ? { batchSize: 5000 } : {}), ...options.relay };
+  const make = () => create({ pool, schema, relay, ...options.extra });
   const current = (): Outbox => {
     if (outbox === null) throw new Error('pg-outbox system used before reset()');
     return outbox;
@@ -68,7 +74,8 @@ export function oursSystem(options: OursOptions): QueueSystem {
       `schema ${schema}, ${subscriptions} subscription(s), ${mode} mode, ` +
       (throughput
         ? `relay batchSize 5000, consumer batchSize 1000, concurrency ${concurrency}`
-        : 'default options (relay pollIntervalMs 20 + NOTIFY to consumers, batchSize 100, concurrency 10)') +
+        : 'default options (relay batches of 1,000, polling every 20 ms, every 5 ms while messages flow, NOTIFY to ' +
+          'consumers; consumers batchSize 1000 with claims sized by their handlers’ rate, concurrency 10)') +
       (relayFirst
         ? '; the relay fans out everything before the clock starts'
         : '; the relay runs in the same Outbox as the consumers') +
@@ -119,7 +126,12 @@ export function oursSystem(options: OursOptions): QueueSystem {
     },
     async start(handler: DeliveryHandler) {
       const box = current();
-      const options = { topics: [TOPIC], mode, ...(throughput ? { batchSize: 1000, concurrency } : {}) };
+      const options = {
+        topics: [TOPIC],
+        mode,
+        ...(throughput ? { batchSize: 1000, concurrency } : {}),
+        ...subscribeOverrides,
+      };
       const deliver = (m: OutboxMessage) => handler(m.payload as BenchPayload);
       for (const name of names) {
         if (mode === 'transactional') box.subscribe(name, { ...options, mode: 'transactional' }, deliver);

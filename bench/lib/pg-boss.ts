@@ -1,21 +1,61 @@
-import PgBoss from 'pg-boss';
-import type pg from 'pg';
-import { count, createPool, dropSchemas } from './db.js';
-import type { BenchPayload, DeliveryHandler, OutgoingMessage, QueueSystem } from './system.js';
+import { count, createPool, dropSchemas, inCallOrder } from './db.js';
+import type { BenchPayload, DeliveryHandler, OutgoingMessage, PeerSystem, SqlClient } from './system.js';
 
 const EVENT = 'bench.topic';
 
 /**
- * pg-boss 10 with its best documented throughput settings: the lowest polling interval it accepts (0.5 s; it has
- * no LISTEN/NOTIFY in v10), batch fetches, and several workers per queue (each work() call adds one polling
- * worker). A v10 worker waits out the rest of its polling interval after every fetch that took less, so until the
- * database becomes the limit its throughput is about workers x batchSize per 0.5 s. Measured on this machine
- * (50,000 waiting jobs): 4 x 1000 8.2k/s, 8 x 1000 16k/s, 8 x 2000 32k/s, 4 x 5000 41k/s, 8 x 5000 44k/s. The
- * default, 8 workers x 2000, stays in the range of the other systems' claim sizes (pg-outbox 1,000, graphile-worker
- * 500); the drain scenario also runs 8 x 5000. Maintenance (supervise) and cron (schedule) are off: they only add
- * background queries to a short run.
+ * The defaults of every pg-boss version here: 8 workers per queue fetching batches of 2000 (in the range of the
+ * other systems' claim sizes: pg-outbox 1,000, graphile-worker 500; the drain scenario also runs 5000), and a pool
+ * of at most 12. Maintenance (supervise) and cron (schedule) are off: they only add background queries to a short
+ * run. What each version adds (polling, LISTEN/NOTIFY, burst fetching) is in its PgBossLibrary.
  */
-const PG_BOSS_TUNING = { workers: 8, batchSize: 2000, pollingIntervalSeconds: 0.5, maxPool: 12 };
+const PG_BOSS_TUNING = { workers: 8, batchSize: 2000, maxPool: 12 };
+
+/** A job as the bench hands it to pg-boss: its data and, for delayed delivery, startAfter. */
+export interface BossJob {
+  data: BenchPayload;
+  startAfter?: Date;
+}
+
+/** pg-boss's { db } option: runs its statements in the caller's transaction. */
+export interface BossDb {
+  executeSql(text: string, values?: unknown[]): Promise<{ rows: unknown[] }>;
+}
+
+/** The calls the bench makes on one pg-boss instance, the same for every version. */
+export interface BossClient {
+  start(): Promise<void>;
+  /** Graceful; resolves once the workers and the pool are stopped. */
+  stop(): Promise<void>;
+  createQueue(name: string): Promise<void>;
+  subscribe(event: string, name: string): Promise<void>;
+  publish(event: string, job: BossJob, db: BossDb): Promise<void>;
+  send(name: string, job: BossJob, db: BossDb): Promise<void>;
+  insert(name: string, jobs: BossJob[], db: BossDb): Promise<void>;
+  /** Starts `workers` polling workers on the queue, each fetching up to `batchSize` jobs. */
+  work(
+    name: string,
+    workers: number,
+    batchSize: number,
+    handler: (data: BenchPayload) => void,
+  ): Promise<void>;
+  /** Stops the queue's workers once their current batch is done. */
+  offWork(name: string): Promise<void>;
+}
+
+/** One pg-boss version behind BossClient: pg-boss-10.ts and pg-boss-12.ts. */
+export interface PgBossLibrary {
+  /** 'pg-boss 10'. */
+  name: string;
+  /** Its wake-up and fetch settings, for RESULTS.md. */
+  tuning: string;
+  create(config: {
+    url: string;
+    schema: string;
+    poolMax: number;
+    onError: (error: Error) => void;
+  }): BossClient;
+}
 
 export interface PgBossOptions {
   url: string;
@@ -27,7 +67,7 @@ export interface PgBossOptions {
   batchSize?: number;
 }
 
-export function pgBossSystem(options: PgBossOptions): QueueSystem {
+export function pgBossSystem(library: PgBossLibrary, options: PgBossOptions): PeerSystem {
   const {
     url,
     schema = 'bench_pgboss',
@@ -40,44 +80,35 @@ export function pgBossSystem(options: PgBossOptions): QueueSystem {
   const poolMax = Math.min(workers * queues + 2, PG_BOSS_TUNING.maxPool);
   // Admin queries (unacked, VACUUM) on a pool of our own; pg-boss opens its own pool for its workers.
   const admin = createPool(url, 2);
-  let boss: PgBoss | null = null;
+  let boss: BossClient | null = null;
 
-  const current = (): PgBoss => {
-    if (boss === null) throw new Error('pg-boss system used before reset()');
+  const current = (): BossClient => {
+    if (boss === null) throw new Error(`${library.name} system used before reset()`);
     return boss;
   };
   const stopBoss = async () => {
     const b = boss;
     boss = null;
-    await b?.stop({ graceful: true, wait: true, timeout: 5_000 });
+    await b?.stop();
   };
   // pg-boss runs caller-transaction statements through any object with executeSql(). Its publish() sends to all
-  // subscribed queues at once; on one client they queue anyway, and chaining them keeps pg from warning about
-  // concurrent queries on a client (a deprecation in pg 8).
-  const inTx = (client: pg.PoolClient) => {
-    let last: Promise<unknown> = Promise.resolve();
-    return {
-      db: {
-        executeSql: (text: string, values: unknown[]) => {
-          const next = last.then(() => client.query(text, values));
-          last = next.catch(() => undefined);
-          return next;
-        },
-      },
-    };
+  // subscribed queues at once; on one client they queue anyway, and inCallOrder chains them unless the client
+  // does that itself (a child's stand-in, which then needs no IPC round trip per statement).
+  const inTx = (client: SqlClient): BossDb => {
+    const ordered = inCallOrder(client);
+    return { executeSql: (text: string, values?: unknown[]) => ordered.query(text, values) };
   };
-  const job = (m: OutgoingMessage, name: string) => ({
-    name,
+  const job = (m: OutgoingMessage): BossJob => ({
     data: m.payload,
-    ...(m.deliverAt ? { startAfter: m.deliverAt.toISOString() } : {}),
+    ...(m.deliverAt ? { startAfter: m.deliverAt } : {}),
   });
 
   return {
-    label: options.label ?? 'pg-boss',
+    label: options.label ?? library.name,
     settings:
       `schema ${schema}, ${queues} queue(s)${queues > 1 ? ' subscribed to one event (publish/subscribe)' : ''}; ` +
-      `${workers} work() worker(s) per queue, batchSize ${batchSize}, pollingIntervalSeconds ` +
-      `${PG_BOSS_TUNING.pollingIntervalSeconds} (its minimum), pool max ${poolMax}; supervise and schedule off`,
+      `${workers} worker(s) per queue, batchSize ${batchSize}, ${library.tuning}, pool max ${poolMax}; ` +
+      'supervise and schedule off',
     publishPath:
       queues > 1
         ? 'boss.publish(event, data, { db }) per message (one job per subscribed queue)'
@@ -85,14 +116,12 @@ export function pgBossSystem(options: PgBossOptions): QueueSystem {
     async reset() {
       await stopBoss();
       await dropSchemas(admin, schema);
-      boss = new PgBoss({
-        connectionString: url,
+      boss = library.create({
+        url,
         schema,
-        max: poolMax,
-        supervise: false,
-        schedule: false,
+        poolMax,
+        onError: (error) => console.warn(`[bench] ${library.name} error: ${error.message}`),
       });
-      boss.on('error', (error) => console.warn(`[bench] pg-boss error: ${error.message}`));
       await boss.start();
       for (const name of names) {
         await boss.createQueue(name);
@@ -104,42 +133,23 @@ export function pgBossSystem(options: PgBossOptions): QueueSystem {
       const db = inTx(client);
       if (queues > 1) {
         // publish() has no batch form: one call per message, each sending to every subscribed queue.
-        for (const m of messages) {
-          await b.publish(EVENT, m.payload, { ...db, ...(m.deliverAt ? { startAfter: m.deliverAt } : {}) });
-        }
+        for (const m of messages) await b.publish(EVENT, job(m), db);
         return;
       }
       const name = names[0] ?? 'bench_0';
       const first = messages[0];
       if (messages.length === 1 && first !== undefined) {
-        await b.send(name, first.payload, {
-          ...db,
-          ...(first.deliverAt ? { startAfter: first.deliverAt } : {}),
-        });
+        await b.send(name, job(first), db);
         return;
       }
-      await b.insert(
-        messages.map((m) => job(m, name)),
-        db,
-      );
+      await b.insert(name, messages.map(job), db);
     },
     async prepare() {
       await admin.query(`VACUUM ANALYZE ${schema}.job`);
     },
     async start(handler: DeliveryHandler) {
       const b = current();
-      for (const name of names) {
-        for (let i = 0; i < workers; i++) {
-          await b.work<BenchPayload>(
-            name,
-            { batchSize, pollingIntervalSeconds: PG_BOSS_TUNING.pollingIntervalSeconds },
-            (jobs) => {
-              for (const j of jobs) handler(j.data);
-              return Promise.resolve();
-            },
-          );
-        }
-      }
+      for (const name of names) await b.work(name, workers, batchSize, (data) => handler(data));
     },
     async stop() {
       if (boss === null) return;

@@ -15,7 +15,33 @@ export interface OutgoingMessage {
   deliverAt?: Date;
 }
 
-export type DeliveryHandler = (payload: BenchPayload) => void;
+/**
+ * When a handler ran in another process (a peer in a Node 24 child): both of that process's wall clocks, read as
+ * the handler was called, so that a figure stamped in one process and read in another needs no IPC time.
+ */
+export interface HandledAt {
+  /** performance.timeOrigin + performance.now(), as preciseNow() in db.ts. */
+  preciseMs: number;
+  /** Date.now(). */
+  dateMs: number;
+}
+
+/** Called once per delivery; `at` is set only when the handler ran in another process. */
+export type DeliveryHandler = (payload: BenchPayload, at?: HandledAt) => void;
+
+/**
+ * What the peers' publish paths need of the caller's connection: queries. pg.PoolClient has it; a child
+ * process's stand-in forwards each query to the parent's client over IPC.
+ */
+export interface SqlClient {
+  query(text: string, values?: unknown[]): Promise<{ rows: unknown[] }>;
+  /**
+   * True when the client takes a query before the previous one has finished and runs them in call order (the
+   * child's stand-in: sending the next one at once saves an IPC round trip). pg.PoolClient does not: pg 8
+   * deprecates overlapping queries on a client, so callers chain them (inCallOrder in db.ts).
+   */
+  readonly pipelines?: boolean;
+}
 
 /**
  * One queue system under test, behind the same few calls, so that every scenario treats pg-outbox, its peers and
@@ -46,4 +72,9 @@ export interface QueueSystem {
   unacked(): Promise<number>;
   /** Stops everything, drops the schema and ends the system's own pools. */
   close(): Promise<void>;
+}
+
+/** A peer system whose publish needs only SqlClient's query, so that it can run in a child process. */
+export interface PeerSystem extends QueueSystem {
+  publish(client: SqlClient, messages: readonly OutgoingMessage[]): Promise<void>;
 }

@@ -1,8 +1,10 @@
+import { pgBoss12System } from '../lib/child-system.js';
 import type { BenchContext } from '../lib/context.js';
 import { preciseNow } from '../lib/db.js';
 import { plainMessages, publishAll } from '../lib/load.js';
 import { oursSystem } from '../lib/ours.js';
 import { pgBossSystem } from '../lib/pg-boss.js';
+import { pgBoss10 } from '../lib/pg-boss-10.js';
 import type { ScenarioReport } from '../lib/report.js';
 import { summarize } from '../lib/stats.js';
 import type { QueueSystem } from '../lib/system.js';
@@ -14,15 +16,19 @@ import { timedDrain } from '../lib/timed-drain.js';
  * transaction; phase 2 starts every consumer (and, for pg-outbox, the relay that does the fan-out) and runs until
  * all M x 10 deliveries are acked. pg-boss fans out at publish time (publish() sends one job per subscribed queue),
  * pg-outbox in the relay: so both phases are reported, and the end-to-end rate over their sum.
- * graphile-worker has no publish/subscribe and is not part of this scenario.
+ * graphile-worker has no publish/subscribe and is not part of this scenario. pg-boss 12 runs in a Node 24 child
+ * process when a Node 24 was found.
  */
 export async function fanoutScenario(ctx: BenchContext): Promise<ScenarioReport> {
   const m = ctx.config.fanoutN;
   const subs = ctx.config.fanoutSubscriptions;
   const deliveries = m * subs;
   const ours = oursSystem({ url: ctx.url, profile: 'throughput', subscriptions: subs, label: 'pg-outbox' });
-  const boss = pgBossSystem({ url: ctx.url, queues: subs, workers: 1, label: 'pg-boss' });
-  const systems: QueueSystem[] = [ours, boss];
+  const bosses = [
+    pgBossSystem(pgBoss10, { url: ctx.url, queues: subs, workers: 1 }),
+    ...(ctx.node24 === null ? [] : [pgBoss12System(ctx.node24, { url: ctx.url, queues: subs, workers: 1 })]),
+  ];
+  const systems: QueueSystem[] = [ours, ...bosses];
   const runs = new Map<QueueSystem, { publish: number[]; drain: number[]; total: number[] }>(
     systems.map((s) => [s, { publish: [], drain: [], total: [] }]),
   );
@@ -86,11 +92,11 @@ export async function fanoutScenario(ctx: BenchContext): Promise<ScenarioReport>
         },
       },
     ],
-    ratios: [
-      `end-to-end deliveries/s: ours / pg-boss = ${ratio(get(ours, 'total').median / get(boss, 'total').median)}`,
-      `fan-out + drain phase: ours / pg-boss = ${ratio(get(ours, 'drain').median / get(boss, 'drain').median)}`,
-      `publish phase (messages/s): ours / pg-boss = ${ratio(get(ours, 'publish').median / get(boss, 'publish').median)}`,
-    ],
+    ratios: bosses.flatMap((boss) => [
+      `end-to-end deliveries/s: ours / ${boss.label} = ${ratio(get(ours, 'total').median / get(boss, 'total').median)}`,
+      `fan-out + drain phase: ours / ${boss.label} = ${ratio(get(ours, 'drain').median / get(boss, 'drain').median)}`,
+      `publish phase (messages/s): ours / ${boss.label} = ${ratio(get(ours, 'publish').median / get(boss, 'publish').median)}`,
+    ]),
     targets: [],
     notes: [
       'pg-outbox’s deliveries table starts each repetition empty and analysed, so the claims and acks of phase 2 ' +

@@ -13,8 +13,9 @@ import { int, ms, range, ratio } from '../lib/table.js';
 /**
  * Scenario 4, latency: a steady producer commits one business row + one message per transaction at a fixed rate
  * for a bounded time while the consumers idle-wait; each message carries the wall-clock time taken just before
- * its publish statement, the last statement before COMMIT, and the handler records now − stamp. One process, one
- * clock. Producers run open-loop (a late commit does not delay the next one) on 4 connections.
+ * its publish statement, the last statement before COMMIT, and the handler records now − stamp: both with
+ * preciseNow(), the wall clock, which a peer in a Node 24 child reads in its own process (HandledAt), so no IPC
+ * time enters its figure. Producers run open-loop (a late commit does not delay the next one) on 4 connections.
  */
 const PRODUCER_CONNECTIONS = 4;
 
@@ -47,8 +48,8 @@ async function runOnce(ctx: BenchContext, system: QueueSystem, producers: pg.Poo
   const latencies: number[] = [];
   const warm = new Countdown(1);
   const done = new Countdown(total);
-  await system.start((p) => {
-    const now = preciseNow();
+  await system.start((p, at) => {
+    const now = at?.preciseMs ?? preciseNow();
     if (p.n < 0) return warm.hit();
     latencies.push(now - (p.stamp ?? NaN));
     done.hit();
@@ -77,7 +78,7 @@ async function runOnce(ctx: BenchContext, system: QueueSystem, producers: pg.Poo
 
 export async function latencyScenario(ctx: BenchContext): Promise<ScenarioReport> {
   const { latencyRate: rate, latencySeconds: seconds } = ctx.config;
-  const systems = latencySystems(ctx.url);
+  const systems = latencySystems(ctx.url, ctx.node24);
   const [ours] = systems;
   const producers = createPool(ctx.url, PRODUCER_CONNECTIONS);
   const runs = new Map<QueueSystem, LatencyRun[]>(systems.map((s) => [s, []]));
@@ -123,6 +124,9 @@ export async function latencyScenario(ctx: BenchContext): Promise<ScenarioReport
         'Latency = handler time − a stamp taken just before the publish statement (the last one before COMMIT), ' +
         'so it includes that INSERT and the COMMIT. Percentiles per repetition; the table shows their medians.',
       'A warm-up message goes through each system before its clock starts.',
+      'The peers marked Node 24 run their handlers in a child process, which stamps each handler call with its own ' +
+        'wall clock (performance.timeOrigin + performance.now(), as the producer’s stamp); the IPC that reports it ' +
+        'is not in the figure.',
       ...systems.map((s) => `${s.label}: ${s.settings}`),
     ],
     tables: [
@@ -149,6 +153,8 @@ export async function latencyScenario(ctx: BenchContext): Promise<ScenarioReport
       },
     ],
     notes: [
+      'The Node 24 peers run in a process of their own: their handlers and wake-ups do not share the event loop ' +
+        'of the producers, which the in-process systems do (2 cores in all, so the machine is still shared).',
       'A producer lag of more than a few ms means the machine could not hold the rate during that run; ' +
         'its latencies then include queueing in the producer.',
     ],

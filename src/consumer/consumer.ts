@@ -24,6 +24,7 @@ import type { RetryPolicy } from './retry-policy.js';
 import type { TelemetryHub } from '../telemetry/hub.js';
 import { LeaseKeeper } from './lease-keeper.js';
 import { SettleBuffer } from './settle-buffer.js';
+import { claimSize, Throughput } from './claim-size.js';
 import { runTransactionalLane } from './transactional-lane.js';
 
 export interface ConsumerConfig {
@@ -52,8 +53,8 @@ const MAX_TRANSACTION_CHUNK = 100;
 /**
  * One subscription's consumer in this process. At most `concurrency` handlers (lease mode) or transactions
  * (transactional mode) run at once, and the consumer holds at most batchSize deliveries, running or queued. The
- * claim loop claims only while a handler slot is free, and refills the local queue before it runs dry (at half
- * of batchSize), so claiming overlaps handling without taking work that a busy consumer cannot start: what waits
+ * claim loop refills the local queue before it runs dry, sized by how fast the handlers have been finishing (see
+ * claimLimit), so claiming overlaps handling without taking work that a busy consumer cannot start: what waits
  * in the queue too long is given back before its lease ends. Lease-mode outcomes are written in batches.
  */
 export class Consumer {
@@ -77,6 +78,7 @@ export class Consumer {
   private readonly log: Logger;
   private readonly policy: RetryPolicy;
   private readonly flow: FlowControl;
+  private readonly throughput = new Throughput();
 
   constructor(private readonly config: ConsumerConfig) {
     this.flow = new FlowControl(config.pool, config.schema, () => this.subscriptionId);
@@ -184,18 +186,17 @@ export class Consumer {
     }
   }
 
-  /**
-   * How many deliveries to claim now (0: wait). With a free slot: refill the queue up to batchSize once it is
-   * half empty. With every slot busy: keep only enough queued to refill the slots as they free up (one chunk per
-   * slot), so a consumer whose handlers hang does not take work that an idle consumer could start.
-   */
   private claimLimit(): number {
     const { batchSize, concurrency, mode } = this.config.options;
-    const room = batchSize - this.queue.length - this.active;
-    if (this.lanes.size < concurrency) return this.queue.length <= batchSize / 2 ? room : 0;
-    const chunk = mode === 'lease' ? 1 : MAX_TRANSACTION_CHUNK;
-    const prefetch = Math.min(Math.floor(batchSize / 2), concurrency * chunk);
-    return Math.min(room, prefetch - this.queue.length);
+    return claimSize({
+      batchSize,
+      concurrency,
+      chunk: mode === 'lease' ? 1 : MAX_TRANSACTION_CHUNK,
+      perSecond: this.throughput.perSecond(),
+      queued: this.queue.length,
+      active: this.active,
+      running: this.lanes.size,
+    });
   }
 
   private accept(rows: ClaimedRow[], lease: Lease): void {
@@ -224,6 +225,7 @@ export class Consumer {
       this.active += chunk.length;
       this.lanes.add(lane);
       void lane.finally(() => {
+        this.throughput.finished(chunk.length);
         this.active -= chunk.length;
         this.lanes.delete(lane);
         this.pump();

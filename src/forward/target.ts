@@ -90,8 +90,9 @@ export interface ForwardOptions extends Omit<SubscribeOptions, 'mode' | 'db' | '
 /**
  * Forwarding defaults, where subscribe's suit handlers: many publishes in flight (each handler slot holds one
  * unconfirmed publish, so the rate is the broker's, not a round trip per message) and a quick first retry.
+ * batchSize is subscribe's (1,000): the claims grow with the rate the broker confirms at.
  */
-export const FORWARD_DEFAULTS = { batchSize: 500, concurrency: 200, retry: { minDelayMs: 200 } } as const;
+export const FORWARD_DEFAULTS = { concurrency: 200, retry: { minDelayMs: 200 } } as const;
 
 export function assertTarget(to: unknown): asserts to is ForwardTarget {
   const t = to as Partial<ForwardTarget> | null;

@@ -31,6 +31,11 @@ export interface TelemetrySink {
   handle?<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T>;
   /** A delivery's outcome was recorded: acked, scheduled for a retry, or dead-lettered. */
   settled?(subscription: string, topic: string, outcome: SettledOutcome): void;
+  /**
+   * forward() is about to send a message to a broker (`target`: its name), inside the handler call: returns the
+   * message to send (tracing puts the running span's context into its headers), or the message itself.
+   */
+  forwarding?(message: OutboxMessage, target: string): OutboxMessage;
 }
 
 type Wrap = NonNullable<TelemetrySink['handle']>;
@@ -109,6 +114,13 @@ export class TelemetryHub {
 
   settled(subscription: string, topic: string, outcome: SettledOutcome): void {
     for (const s of this.sinks) guard(() => s.settled?.(subscription, topic, outcome));
+  }
+
+  /** The message forward() sends to the broker `target`: the message itself unless an observer adds headers. */
+  forwarding(message: OutboxMessage, target: string): OutboxMessage {
+    let sent = message;
+    for (const s of this.sinks) sent = guard(() => s.forwarding?.(sent, target)) ?? sent;
+    return sent;
   }
 }
 

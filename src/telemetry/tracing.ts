@@ -68,10 +68,34 @@ function failed(api: Api, span: Otel.Span, error: unknown): void {
 }
 
 /**
+ * `headers` with every field the propagator owns (W3C traceparent, tracestate, baggage by default) injected from
+ * `active`: a tracestate of the publisher's span must not travel with another span's traceparent. In link mode
+ * the active context holds none of the message's baggage, so the message's own goes on.
+ */
+function withContext(
+  api: Api,
+  active: Otel.Context,
+  headers: Record<string, string>,
+): Record<string, string> {
+  const baggage =
+    api.propagation.getBaggage(active) ??
+    api.propagation.getBaggage(api.propagation.extract(api.ROOT_CONTEXT, headers, getter));
+  const injected: Record<string, string> = {};
+  api.propagation.inject(
+    baggage === undefined ? active : api.propagation.setBaggage(active, baggage),
+    injected,
+  );
+  const owned = new Set(api.propagation.fields());
+  const own = Object.entries(headers).filter(([name]) => !owned.has(name));
+  return { ...Object.fromEntries(own), ...injected };
+}
+
+/**
  * The spans of the OpenTelemetry messaging conventions: `send <topic>` (PRODUCER) around each publish, whose
  * context goes into the message's headers, and `process <topic>` (CONSUMER) around each handler call, with the
  * publisher's context as its parent or link. The headers live on the message row, so every attempt, a dead
- * letter's replay and a replay from a point in time all trace back to the same publish.
+ * letter's replay and a replay from a point in time all trace back to the same publish. A message that forward()
+ * sends to a broker carries the `process` span's context instead, so the broker's consumers continue the trace.
  */
 function tracingSink(api: Api, tracer: Otel.Tracer, link: boolean, live: () => boolean): TelemetrySink {
   return {
@@ -102,6 +126,15 @@ function tracingSink(api: Api, tracer: Otel.Tracer, link: boolean, live: () => b
     },
     handle<T>(message: OutboxMessage, run: () => Promise<T>): Promise<T> {
       return live() ? traced(message, run) : run();
+    },
+    forwarding(message, target) {
+      if (!live()) return message;
+      // Inside the handler call the active span is its `process` span: the broker's consumers become its children.
+      const active = api.context.active();
+      const span = api.trace.getSpan(active);
+      if (span === undefined || !api.trace.isSpanContextValid(span.spanContext())) return message;
+      span.setAttribute('pg_outbox.forward.target', target);
+      return { ...message, headers: withContext(api, active, message.headers) };
     },
   };
 

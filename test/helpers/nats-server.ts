@@ -1,11 +1,18 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { freePort, waitForPort } from './ports.js';
 
 export const NATS_SERVER = '/usr/sbin/nats-server';
+
+/** True when there is no nats-server binary to start a private server with, after one line saying which tests skip. */
+export function natsServerMissing(tests: string): boolean {
+  if (existsSync(NATS_SERVER)) return false;
+  console.warn(`${tests} skipped: no ${NATS_SERVER}`);
+  return true;
+}
 
 /** A nats-server of the test's own, with JetStream on a fresh store directory, that the test may kill and restart. */
 export interface PrivateNatsServer {
@@ -14,6 +21,11 @@ export interface PrivateNatsServer {
   storeDir: string;
   /** Kills the server and waits for its exit. */
   kill(signal: NodeJS.Signals): Promise<void>;
+  /**
+   * Sends the running server a signal that need not end it. After SIGSTOP it waits until every thread is stopped:
+   * the server then reads nothing and answers nothing, but its connections stay open.
+   */
+  signal(signal: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and store directory, and waits until it accepts connections. */
   start(): Promise<void>;
   /** Kills it (if running) and removes the store directory. */
@@ -49,18 +61,38 @@ export async function startPrivateNatsServer(): Promise<PrivateNatsServer> {
     });
   };
 
+  const signal = async (signal: NodeJS.Signals) => {
+    const pid = proc?.pid;
+    if (pid === undefined) throw new Error('nats-server is not running');
+    process.kill(pid, signal);
+    if (signal === 'SIGSTOP') await waitUntilStopped(pid);
+  };
+
   await start();
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
     storeDir,
     kill,
+    signal,
     start,
     async remove() {
       await kill('SIGKILL');
       rmSync(storeDir, { recursive: true, force: true });
     },
   };
+}
+
+/** Waits until every thread of process `pid` is in state T (stopped), from /proc (Linux). */
+async function waitUntilStopped(pid: number, timeoutMs = 10_000): Promise<void> {
+  const state = (stat: string) => stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const tasks = readdirSync(`/proc/${pid}/task`);
+    if (tasks.every((t) => state(readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')) === 'T')) return;
+    if (Date.now() > deadline) throw new Error(`nats-server ${pid} not stopped within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
 
 /**

@@ -120,7 +120,7 @@ describe('resolveSubscribeOptions', () => {
       ordered: undefined,
       blockKeyOnDead: undefined,
       maxAttempts: 10,
-      batchSize: 100,
+      batchSize: 1000,
       concurrency: 10,
       leaseMs: 30_000,
       pollIntervalMs: 1000,
