@@ -33,6 +33,7 @@ import { statusScaleScenario } from './scenarios/status-scale.js';
 import { observabilityCostScenario } from './scenarios/observability-cost.js';
 import { flowControlScenario } from './scenarios/flow-control.js';
 import { forwardScenario } from './scenarios/forward.js';
+import { scaleScenario } from './scenarios/scale.js';
 
 const RUNNERS: Record<ScenarioName, Scenario> = {
   publish: publishScenario,
@@ -48,6 +49,7 @@ const RUNNERS: Record<ScenarioName, Scenario> = {
   'observability-cost': observabilityCostScenario,
   'flow-control': flowControlScenario,
   forward: forwardScenario,
+  scale: scaleScenario,
 };
 
 /** The scenarios that also run pg-boss 12 and graphile-worker 0.18, in child processes on Node 24. */
@@ -57,6 +59,7 @@ const NODE24_SCENARIOS: ReadonlySet<ScenarioName> = new Set([
   'fanout',
   'latency',
   'lateness',
+  'scale',
 ]);
 
 const RESULTS_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'RESULTS.md');
@@ -85,7 +88,8 @@ function header(environment: string): string {
     '`BENCH_LATENCY_RATE` (200) / `BENCH_LATENCY_SECONDS` (10), `BENCH_LATENESS_N` (2000) /',
     '`BENCH_LATENESS_WINDOW_SECONDS` (10), `BENCH_BACKLOG_MAX` (10000000), `BENCH_BACKLOG_CLAIMS` (200),',
     '`BENCH_RELAY_BACKLOG_MAX` (1000000), `BENCH_RELAY_BASELINE` (unset: the root of another checkout whose relay',
-    'the relay-backlog scenario measures too). `BENCH_POSTGRES=embedded` runs on an embedded PostgreSQL 18.',
+    'the relay-backlog scenario measures too), `BENCH_SCALE_N` (100000) / `BENCH_SCALE_PROCESSES` (1,2,4).',
+    '`BENCH_POSTGRES=embedded` runs on an embedded PostgreSQL 18.',
     '',
     'pg-boss 12 and graphile-worker 0.18 need Node 22+ and run in child processes on Node 24, on the same',
     'PostgreSQL, next to the in-process pg-boss 10 and graphile-worker 0.17: `BENCH_NODE24` names its binary, else',

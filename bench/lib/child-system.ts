@@ -29,12 +29,12 @@ interface Pending {
 /**
  * A QueueSystem whose implementation runs in a child process on `node` (another Node: pg-boss 12 and
  * graphile-worker 0.18 need 22+, the bench runs on 20; or this one: the consumer processes of the scale scenario),
- * on the same PostgreSQL. Every call goes over IPC (child-protocol.ts); the child
- * starts at the first call. publish() keeps the caller's transaction: the child's statements run here, on the
- * caller's client. Handlers run in the child, which stamps each call with its own clocks (HandledAt): those read
- * the same wall clock as this process, so latencies need no IPC time. Each call costs an IPC round trip (well under
- * a millisecond), and publish one more for every statement that waits on the one before (pg-boss's publish()
- * sends its statements for the subscribed queues together, and they travel together).
+ * on the same PostgreSQL. Every call goes over IPC (child-protocol.ts); the child starts at the first call.
+ * publish() keeps the caller's transaction: the child's statements run here, on the caller's client. Handlers run
+ * in the child, which stamps each call with its own clocks (HandledAt): those read the same wall clock as this
+ * process, so latencies need no IPC time. Each call costs an IPC round trip (well under a millisecond), and publish
+ * one more for every statement that waits on the one before (pg-boss's publish() sends its statements for the
+ * subscribed queues together, and they travel together).
  */
 export function childSystem(node: Pick<Node24, 'path'>, spec: ChildSpec, label: string): QueueSystem {
   let started: Promise<ChildProcess> | null = null;

@@ -14,6 +14,7 @@ export const SCENARIOS = [
   'observability-cost',
   'flow-control',
   'forward',
+  'scale',
 ] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
