@@ -48,18 +48,28 @@ async function rabbitSide(): Promise<BrokerSide> {
   };
 }
 
-/** A stream the target creates; the test reads a subject's last message from it. */
+/**
+ * A stream made before the forwarder starts; the test reads a subject's last message from it. nats-server 2.9
+ * (Debian's) crashes on a message-get request it cannot answer (a nil dereference in jsMsgGetRequest, seen when
+ * the stream or the subject's message was not there yet), taking the machine's NATS down for every other test:
+ * so the stream exists from the start, and the message is fetched only once the stream's info counts one on the
+ * subject.
+ */
 async function natsSide(): Promise<BrokerSide> {
   const id = suffix();
   const stream = `OUTBOX_TRACE_${id}`;
   const prefix = `ft${id}`;
+  const subjects = [`${prefix}.>`];
   const connection = await connect({ servers: NATS_URL });
   const manager = await jetstreamManager(connection);
+  await manager.streams.add({ name: stream, subjects });
   return {
     prefix,
-    target: () => nats({ servers: NATS_URL, stream: { name: stream, subjects: [`${prefix}.>`] } }),
+    target: () => nats({ servers: NATS_URL, stream: { name: stream, subjects } }),
     async headers(topic) {
-      const stored = await manager.streams.getMessage(stream, { last_by_subj: topic }).catch(() => null);
+      const info = await manager.streams.info(stream, { subjects_filter: topic });
+      if ((info.state.subjects?.[topic] ?? 0) === 0) return undefined;
+      const stored = await manager.streams.getMessage(stream, { last_by_subj: topic });
       if (stored === null) return undefined;
       return Object.fromEntries(stored.header.keys().map((name) => [name, stored.header.get(name)]));
     },
